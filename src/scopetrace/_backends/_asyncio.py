@@ -1,0 +1,198 @@
+"""asyncio backend: hooks on ``anyio._backends._asyncio.CancelScope``.
+
+anyio keeps the entering task in ``scope._host_task`` and refuses a bad exit
+*before* changing any state, so the exit hook adds nothing to a clean exit: it
+only looks at the scope once anyio has raised, and classifies from that
+untouched state (never from the message text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import ModuleType
+from typing import Any, Callable
+
+from .. import semconv
+from .._runtime import Runtime
+from .._violation import (
+    Violation,
+    classify,
+    closer_stack,
+    coroutine_name,
+    current_thread,
+    opener_stack,
+    side,
+)
+
+MODULE = "anyio._backends._asyncio"
+BACKEND = "asyncio"
+
+_FINALIZER_COROUTINES = ("async_generator_athrow", "async_generator_asend")
+
+
+def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
+    cls = module.CancelScope
+    task_states = module._task_states
+    original_enter = cls.__dict__["__enter__"]
+    original_exit = cls.__dict__["__exit__"]
+    records = runtime.records
+    capture = runtime.capture
+    var = runtime.context_var
+    depth = runtime.options.stack_depth
+    cap = runtime.options.max_open_scopes
+    evict = runtime.evict
+    internal_error = runtime.internal_error
+
+    def refused(scope: Any, exc: RuntimeError) -> None:
+        try:
+            host = scope._host_task
+            if host is None or not scope._active:
+                return  # the scope did exit: this error is not an ownership one
+            closer = asyncio.current_task()
+            if closer is not host:
+                kind = semconv.KIND_WRONG_TASK
+            else:
+                state = task_states.get(host)
+                if state is not None and state.cancel_scope is scope:
+                    return
+                kind = semconv.KIND_NOT_INNERMOST
+            runtime.reporter.handle(
+                _build(kind, scope, host, closer, records.get(id(scope)), exc, task_states, runtime),
+                exc,
+            )
+        except Exception:
+            internal_error("asyncio exit hook")
+
+    @functools.wraps(original_enter)
+    def __enter__(self: Any) -> Any:
+        result = original_enter(self)
+        try:
+            records[id(self)] = capture(var, depth)
+            if len(records) > cap:
+                evict()
+        except Exception:
+            internal_error("asyncio enter hook")
+        return result
+
+    @functools.wraps(original_exit)
+    def __exit__(self: Any, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+        try:
+            return original_exit(self, exc_type, exc_val, exc_tb)
+        except RuntimeError as exc:
+            refused(self, exc)
+            raise
+        finally:
+            # Our frame sits in the traceback of whatever propagates: holding
+            # the exception here would make a reference cycle anyio avoids.
+            del exc_val, exc_tb
+            records.pop(id(self), None)
+
+    cls.__enter__ = __enter__
+    cls.__exit__ = __exit__
+
+    def unpatch() -> None:
+        if cls.__dict__.get("__enter__") is __enter__:
+            cls.__enter__ = original_enter
+        if cls.__dict__.get("__exit__") is __exit__:
+            cls.__exit__ = original_exit
+
+    return unpatch
+
+
+def _describe(task: Any) -> tuple[str, int, str, bool | None]:
+    try:
+        name = task.get_name()
+    except Exception:
+        name = "<unnamed>"
+    try:
+        coro = coroutine_name(task.get_coro())
+    except Exception:
+        coro = "<unknown>"
+    try:
+        running: bool | None = not task.done()
+    except Exception:
+        running = None
+    return str(name), id(task), coro, running
+
+
+def _is_finalizer(task: Any) -> bool:
+    try:
+        return type(task.get_coro()).__name__ in _FINALIZER_COROUTINES
+    except Exception:
+        return False
+
+
+def _siblings(opener: Any, closer: Any, task_states: Any) -> bool:
+    """True when both tasks are children of one anyio task group or one gather()."""
+    try:
+        a, b = task_states.get(opener), task_states.get(closer)
+        if a is not None and b is not None and a.parent_id is not None:
+            if a.parent_id == b.parent_id:
+                return True
+    except Exception:
+        pass
+    # gather() leaves a done-callback on each child that closes over the
+    # gathering future, whose _children lists every sibling, finished or not.
+    try:
+        for entry in getattr(closer, "_callbacks", None) or ():
+            callback = entry[0] if isinstance(entry, tuple) else entry
+            for cell in getattr(callback, "__closure__", None) or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:
+                    continue
+                children = getattr(value, "_children", None)
+                if children is None and isinstance(value, list):
+                    children = value
+                if children and any(child is opener for child in children):
+                    return True
+    except Exception:
+        pass
+    return False
+
+
+def _task_group_view(scope: Any, host: Any) -> tuple[str | None, tuple[str, ...]]:
+    tasks = [t for t in getattr(scope, "_tasks", ()) if t is not host]
+    if not tasks:
+        return None, ()
+    names = tuple(sorted(_describe(t)[0] for t in tasks if not t.done()))
+    return _describe(host)[0], names
+
+
+def _build(
+    kind: str,
+    scope: Any,
+    host: Any,
+    closer: Any,
+    record: tuple[Any, ...] | None,
+    exc: BaseException,
+    task_states: Any,
+    runtime: Runtime,
+) -> Violation:
+    o_name, o_id, o_coro, o_running = _describe(host)
+    c_name, c_id, c_coro, c_running = _describe(closer) if closer is not None else (
+        "<no task>", 0, "<none>", None
+    )
+    finalizer = closer is not None and _is_finalizer(closer)
+    siblings = kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states)
+    cause = classify(kind, finalizer, o_running, siblings)
+    depth = max(runtime.options.stack_depth, 1)
+    tg_host, tg_children = _task_group_view(scope, host)
+    thread_id, thread_name = current_thread()
+    return Violation(
+        kind=kind,
+        cause=cause,
+        backend=BACKEND,
+        opener=side(o_name, o_id, o_coro, opener_stack(record), o_running),
+        closer=side(c_name, c_id, c_coro, closer_stack(depth), c_running),
+        message=str(exc),
+        entered_at_ns=record[0] if record else None,
+        thread_id=thread_id,
+        thread_name=thread_name,
+        task_group_host=tg_host,
+        task_group_children=tg_children,
+        opener_context=record[1] if record else None,
+        closer_context=runtime.context_var.get(None),
+        exception=exc,
+    )

@@ -1,0 +1,165 @@
+"""Record at enter: the cheap, raw form of "who entered this scope, from where".
+
+A record is one flat tuple, built on the hot path and read only when a
+violation happens::
+
+    (time_ns, otel_context, code_0, lasti_0, code_1, lasti_1, ...)
+
+``code_i``/``lasti_i`` are the code object and last-instruction offset of the
+i-th frame, innermost first, starting at the caller of the patched
+``__enter__``.  No frame object, local or argument is kept: code objects and
+integers only.  Line numbers, file names and text are derived from them later,
+by :func:`frames_of` and :func:`format_stack`, and only for a violation.
+
+The C accelerator (``scopetrace._speedups``) builds the same tuple in one call;
+the pure-Python fallback below is used when it is not available.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from contextvars import ContextVar
+from time import time_ns
+from types import CodeType
+from typing import Any, NamedTuple
+
+Record = tuple[Any, ...]
+
+#: Offset of the first frame in a record tuple.
+FRAMES_AT = 2
+
+
+class Frame(NamedTuple):
+    """One resolved stack entry."""
+
+    filename: str
+    lineno: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+def _py_capture(var: ContextVar[Any], depth: int, _getframe: Any = sys._getframe) -> Record:
+    # Frame 0 is this function, frame 1 the patched __enter__: start at 2.
+    try:
+        f = _getframe(2)
+    except ValueError:
+        f = None
+    out: list[Any] = [time_ns(), var.get(None)]
+    while f is not None and depth > 0:
+        out.append(f.f_code)
+        out.append(f.f_lasti)
+        f = f.f_back
+        depth -= 1
+    del f
+    return tuple(out)
+
+
+try:
+    from ._speedups import capture as _c_capture
+except ImportError:  # no compiler at install time, or an unsupported interpreter
+    _c_capture = None
+
+#: ``capture(contextvar, depth) -> Record`` — the hot-path recorder.
+capture: Callable[[ContextVar[Any], int], Record] = _c_capture or _py_capture
+ACCELERATED = _c_capture is not None
+
+
+def _line_of(code: CodeType, lasti: int) -> int:
+    if lasti >= 0:
+        for start, end, line in code.co_lines():
+            if start <= lasti < end and line is not None:
+                return line
+    return code.co_firstlineno
+
+
+#: (file name suffix, function) of the frames through which an event loop
+#: steps a task: everything from there outwards is the loop, not the task.
+_LOOP_FRAMES = (
+    (os.path.join("asyncio", "events.py"), "_run"),
+    (os.path.join("trio", "_core", "_run.py"), "unrolled_run"),
+)
+
+
+def _is_loop_frame(code: CodeType) -> bool:
+    for suffix, name in _LOOP_FRAMES:
+        if code.co_name == name and code.co_filename.endswith(suffix):
+            return True
+    return False
+
+
+def frames_of(raw: tuple[Any, ...]) -> list[Frame]:
+    """Resolve a flat ``(code, lasti, ...)`` sequence, innermost first.
+
+    The stack stops at the event loop's task-stepping frame: the frames
+    outside it are the same for every task and only hide the ones that matter.
+    """
+    frames = []
+    for i in range(0, len(raw) - 1, 2):
+        code, lasti = raw[i], raw[i + 1]
+        if frames and _is_loop_frame(code):
+            break
+        name = getattr(code, "co_qualname", code.co_name)
+        frames.append(Frame(code.co_filename, _line_of(code, lasti), name))
+    return frames
+
+
+def live_stack(depth: int, skip: int = 1) -> tuple[Any, ...]:
+    """The current stack in record form (used for the closer, off the hot path)."""
+    f: Any = sys._getframe(skip + 1)
+    out: list[Any] = []
+    while f is not None and depth > 0:
+        out.append(f.f_code)
+        out.append(f.f_lasti)
+        f = f.f_back
+        depth -= 1
+    del f
+    return tuple(out)
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    import asyncio
+    import contextlib
+
+    import anyio
+
+    dirs = [os.path.dirname(m.__file__ or "") for m in (anyio, asyncio)]
+    dirs.append(os.path.dirname(os.path.abspath(__file__)))
+    dirs.append(contextlib.__file__ or "contextlib.py")
+    try:
+        import trio
+    except ImportError:
+        pass
+    else:
+        dirs.append(os.path.dirname(trio.__file__ or ""))
+    return tuple(d for d in dirs if d)
+
+
+_prefixes: tuple[str, ...] | None = None
+
+
+def is_library(filename: str) -> bool:
+    """True for frames of anyio, asyncio, trio, contextlib and scopetrace itself."""
+    global _prefixes
+    if _prefixes is None:
+        _prefixes = _library_prefixes()
+    return filename.startswith(_prefixes)
+
+
+def site_of(frames: list[Frame]) -> str:
+    """``path:line in function`` of the innermost frame outside the libraries."""
+    for frame in frames:
+        if not is_library(frame.filename):
+            return str(frame)
+    return str(frames[0]) if frames else "<unknown>"
+
+
+def format_stack(frames: list[Frame]) -> str:
+    """Traceback-style text, most recent call last."""
+    lines = []
+    for frame in reversed(frames):
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.function}')
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Report a violation: note, span, event, metric, log, and the stderr fallback.
+
+Runs only on the violation path.  Providers are looked up at report time, so an
+application that configures OpenTelemetry after ``install()`` is still used.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+
+from . import __version__, semconv
+from ._config import Options, log_level_number
+from ._violation import Violation
+
+_log = logging.getLogger(semconv.LOGGER_NAME)
+# A library must not print through logging's last-resort handler: the
+# application's logging configuration decides where records go.
+_log.addHandler(logging.NullHandler())
+
+
+def tracing_configured() -> bool:
+    """True once the application (or the embedded exporter) set a tracer provider."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def _span_of(ctx: Any) -> trace.Span:
+    if ctx is None:
+        return trace.INVALID_SPAN
+    return trace.get_current_span(ctx)
+
+
+class Reporter:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._level = log_level_number(options)
+        self._counter: Any = None
+        self._internal_counter: Any = None
+        #: Every violation reported, newest last, bounded (for tests and tools).
+        self.listeners: list[Any] = []
+
+    # -- instruments, created on first use so the app's MeterProvider is used --
+    def _meter(self) -> Any:
+        return metrics.get_meter("scopetrace", __version__)
+
+    def _violations(self) -> Any:
+        if self._counter is None:
+            self._counter = self._meter().create_counter(
+                semconv.VIOLATIONS_METRIC,
+                unit="{violation}",
+                description="anyio cancel scopes exited by the wrong task or out of order",
+            )
+        return self._counter
+
+    def count_internal_error(self, where: str, exc: BaseException | None) -> None:
+        if self._internal_counter is None:
+            self._internal_counter = self._meter().create_counter(
+                semconv.INTERNAL_ERRORS_METRIC,
+                unit="{error}",
+                description="errors caught inside scopetrace's own code",
+            )
+        self._internal_counter.add(
+            1, {"scopetrace.where": where, "exception.type": type(exc).__name__}
+        )
+
+    # -- the violation path -----------------------------------------------------
+    def handle(self, violation: Violation, exc: BaseException) -> None:
+        """Report one violation.  The caller catches anything this raises."""
+        if self.options.exception_notes and hasattr(exc, "add_note"):
+            exc.add_note(violation.note())
+        self._violations().add(1, violation.metric_attributes())
+        self.emit(violation)
+
+    def emit(self, violation: Violation) -> None:
+        attrs = violation.attributes()
+        self._span(violation, attrs)
+        self._event(violation, attrs)
+        _log.log(
+            self._level,
+            "%s",
+            violation.summary(),
+            extra={"scopetrace": attrs, "scopetrace_report": violation.format()},
+        )
+        for listener in list(self.listeners):
+            listener(violation)
+        if not tracing_configured() and self.options.exporter == "console":
+            print(violation.format(), file=sys.stderr, flush=True)
+
+    def _span(self, violation: Violation, attrs: dict[str, Any]) -> None:
+        opener_span = _span_of(violation.opener_context).get_span_context()
+        closer_span = _span_of(violation.closer_context).get_span_context()
+        # The span belongs in the trace of the request that saw the error,
+        # except for a finalizer task: it inherits the context of whatever
+        # dropped the generator, often an unrelated request, so the opener's
+        # trace is the meaningful parent there.
+        if violation.cause == semconv.CAUSE_ASYNCGEN_FINALIZER:
+            parent_ctx, other = violation.opener_context, closer_span
+        else:
+            parent_ctx, other = violation.closer_context, opener_span
+        links = [trace.Link(other)] if other.is_valid else []
+        tracer = trace.get_tracer("scopetrace", __version__)
+        span = tracer.start_span(
+            semconv.VIOLATION_SPAN,
+            context=parent_ctx if parent_ctx is not None else otel_context.Context(),
+            kind=trace.SpanKind.INTERNAL,
+            attributes=attrs,
+            links=links,
+        )
+        try:
+            if violation.exception is not None:
+                span.record_exception(violation.exception, escaped=True)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, violation.summary()))
+        finally:
+            span.end()
+
+    def _event(self, violation: Violation, attrs: dict[str, Any]) -> None:
+        current = _span_of(violation.closer_context)
+        if current.is_recording():
+            current.add_event(semconv.VIOLATION_EVENT, attrs)

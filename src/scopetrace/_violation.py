@@ -1,0 +1,242 @@
+"""Violation: what went wrong, between which tasks, and the likely cause.
+
+Everything here runs only after anyio (or trio) refused an exit, so it may be
+slow; it must still never raise (callers wrap it) and never keep frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any
+
+from . import semconv
+from ._capture import FRAMES_AT, Frame, format_stack, frames_of, is_library, live_stack, site_of
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+CAUSE_EXPLANATIONS: dict[str, str] = {
+    semconv.CAUSE_ASYNCGEN_FINALIZER: (
+        "an async generator that entered the scope was closed by the event loop's "
+        "async-generator finalizer (aclose()/athrow in a task of its own), not by the "
+        "task that iterated it; close it explicitly (contextlib.aclosing) in the "
+        "owning task, or keep task groups out of async generators"
+    ),
+    semconv.CAUSE_SIBLING_TASK: (
+        "another task sharing the resource (a sibling in the same gather()/task group, "
+        "or any concurrent task) closed the scope its opener entered; give the scope a "
+        "dedicated owner task that both enters and exits it"
+    ),
+    semconv.CAUSE_OPENER_FINISHED: (
+        "the task that entered the scope had already finished, leaving the scope open "
+        "for a later task to close; enter and exit the scope in one task (e.g. an "
+        "owner task or a lifespan), never in separate setup/teardown tasks"
+    ),
+    semconv.CAUSE_MISNESTED: (
+        "the task exited this scope while a scope it entered later was still open; "
+        "exit scopes in the reverse order they were entered (async with blocks, not "
+        "manual __aenter__/__aexit__ calls)"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """One side of a violation: the task that entered or the one that exited."""
+
+    name: str
+    id: int
+    coroutine: str
+    site: str
+    stacktrace: str
+    #: Whether the task was still running when the violation happened
+    #: (None when unknown).
+    running: bool | None = None
+    frames: tuple[Frame, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """A cancel scope exited by the wrong task or out of nesting order."""
+
+    kind: str
+    cause: str
+    backend: str
+    opener: TaskInfo
+    closer: TaskInfo
+    #: anyio's (or trio's) own error message.
+    message: str
+    #: Wall-clock time the scope was entered, in ns since the epoch (None if unrecorded).
+    entered_at_ns: int | None
+    thread_id: int
+    thread_name: str
+    #: For task-group scopes: the host task and the child tasks alive at the time.
+    task_group_host: str | None = None
+    task_group_children: tuple[str, ...] = ()
+    #: Filled by the advisor when a known upstream bug matches.
+    advice: str | None = None
+    #: The OTel context current when the scope was entered / exited.
+    opener_context: Any = dataclasses.field(default=None, repr=False, compare=False)
+    closer_context: Any = dataclasses.field(default=None, repr=False, compare=False)
+    exception: BaseException | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def explanation(self) -> str:
+        return CAUSE_EXPLANATIONS.get(self.cause, self.cause)
+
+    def attributes(self) -> dict[str, Any]:
+        """The span/event/log attributes, keyed by :mod:`scopetrace.semconv`."""
+        o, c = self.opener, self.closer
+        attrs: dict[str, Any] = {
+            semconv.VIOLATION_KIND: self.kind,
+            semconv.VIOLATION_CAUSE: self.cause,
+            semconv.BACKEND: self.backend,
+            semconv.OPENER_TASK_NAME: o.name,
+            semconv.OPENER_TASK_ID: o.id,
+            semconv.OPENER_TASK_COROUTINE: o.coroutine,
+            semconv.OPENER_STACKTRACE: o.stacktrace,
+            semconv.OPENER_SITE: o.site,
+            semconv.CLOSER_TASK_NAME: c.name,
+            semconv.CLOSER_TASK_ID: c.id,
+            semconv.CLOSER_TASK_COROUTINE: c.coroutine,
+            semconv.CLOSER_STACKTRACE: c.stacktrace,
+            semconv.CLOSER_SITE: c.site,
+            semconv.THREAD_ID: self.thread_id,
+            semconv.THREAD_NAME: self.thread_name,
+        }
+        if o.running is not None:
+            attrs[semconv.OPENER_RUNNING] = o.running
+        closer_site = _first_user_frame(c.frames)
+        if closer_site is not None:
+            attrs[semconv.CODE_FILEPATH] = closer_site.filename
+            attrs[semconv.CODE_LINENO] = closer_site.lineno
+            attrs[semconv.CODE_FUNCTION] = closer_site.function
+        if self.task_group_host is not None:
+            attrs[semconv.TASK_GROUP_HOST] = self.task_group_host
+            attrs[semconv.TASK_GROUP_CHILDREN] = list(self.task_group_children)
+        if self.advice:
+            attrs[semconv.ADVICE] = self.advice
+        return attrs
+
+    def metric_attributes(self) -> dict[str, str]:
+        return {
+            semconv.VIOLATION_KIND: self.kind,
+            semconv.VIOLATION_CAUSE: self.cause,
+            semconv.BACKEND: self.backend,
+            semconv.OPENER_SITE: self.opener.site,
+        }
+
+    def summary(self) -> str:
+        """One line: kind, cause and both tasks with their sites."""
+        return (
+            f"anyio cancel scope violation: {self.kind} ({self.cause}): entered in task "
+            f"{self.opener.name!r} at {self.opener.site}, exited in task "
+            f"{self.closer.name!r} at {self.closer.site}"
+        )
+
+    def note(self) -> str:
+        """The note added to anyio's RuntimeError."""
+        state = {True: "still running", False: "finished", None: "state unknown"}[
+            self.opener.running
+        ]
+        return (
+            f"scopetrace: {self.kind} ({self.cause}): scope entered in task "
+            f"{self.opener.name!r} ({self.opener.coroutine}, {state}) at "
+            f"{self.opener.site}; exited in task {self.closer.name!r} "
+            f"({self.closer.coroutine}) at {self.closer.site}"
+        )
+
+    def format(self) -> str:
+        """The full human-readable report."""
+        state = {True: "still running", False: "finished", None: "unknown"}[
+            self.opener.running
+        ]
+        lines = [
+            f"scopetrace: anyio cancel scope violation: {self.kind} ({self.cause})",
+            f"  error:      RuntimeError: {self.message.splitlines()[0] if self.message else ''}",
+            f"  backend:    {self.backend}, thread {self.thread_name!r}",
+            f"  entered by: task {self.opener.name!r} (id {self.opener.id}) running "
+            f"{self.opener.coroutine} [{state}]",
+            f"              at {self.opener.site}",
+            f"  exited by:  task {self.closer.name!r} (id {self.closer.id}) running "
+            f"{self.closer.coroutine}",
+            f"              at {self.closer.site}",
+        ]
+        if self.task_group_host is not None:
+            lines.append(
+                f"  task group: host {self.task_group_host}; children "
+                f"{', '.join(self.task_group_children) or '(none alive)'}"
+            )
+        lines.append(f"  likely cause: {self.explanation}")
+        if self.advice:
+            lines.append(f"  advice: {self.advice}")
+        lines.append("  entering stack (most recent call last):")
+        lines.append(_indent(self.opener.stacktrace))
+        lines.append("  exiting stack (most recent call last):")
+        lines.append(_indent(self.closer.stacktrace))
+        return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines()) or "    <not recorded>"
+
+
+def _first_user_frame(frames: tuple[Frame, ...]) -> Frame | None:
+    for frame in frames:
+        if not is_library(frame.filename):
+            return frame
+    return None
+
+
+def coroutine_name(coro: object) -> str:
+    if coro is None:
+        return "<none>"
+    name = getattr(coro, "__qualname__", None)
+    return name if isinstance(name, str) else type(coro).__name__
+
+
+def side(
+    name: str, task_id: int, coroutine: str, raw: tuple[Any, ...] | None, running: bool | None
+) -> TaskInfo:
+    """Build a :class:`TaskInfo` from a raw ``(code, lasti, ...)`` stack."""
+    if not raw:
+        return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
+    frames = frames_of(raw)
+    return TaskInfo(
+        name, task_id, coroutine, site_of(frames), format_stack(frames), running, tuple(frames)
+    )
+
+
+def opener_stack(record: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    return None if record is None else record[FRAMES_AT:]
+
+
+def closer_stack(depth: int) -> tuple[Any, ...]:
+    """The current stack, without scopetrace's own frames on top."""
+    raw = live_stack(depth + 8, skip=1)
+    i = 0
+    while i < len(raw) and raw[i].co_filename.startswith(_OWN_DIR):
+        i += 2
+    return raw[i : i + 2 * max(depth, 1)]
+
+
+def current_thread() -> tuple[int, str]:
+    t = threading.current_thread()
+    return threading.get_ident(), t.name
+
+
+def classify(
+    kind: str, closer_is_finalizer: bool, opener_running: bool | None, siblings: bool
+) -> str:
+    """Map what is known about both tasks to a cause (see the README's table)."""
+    if kind == semconv.KIND_NOT_INNERMOST:
+        return semconv.CAUSE_MISNESTED
+    if closer_is_finalizer:
+        return semconv.CAUSE_ASYNCGEN_FINALIZER
+    if siblings or opener_running:
+        return semconv.CAUSE_SIBLING_TASK
+    return semconv.CAUSE_OPENER_FINISHED
+
