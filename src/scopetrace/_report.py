@@ -6,26 +6,23 @@ application that configures OpenTelemetry after ``install()`` is still used.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 
-from . import __version__, semconv
+from . import semconv
+from ._advisor import advise
 from ._config import Options, log_level_number
+from ._export import Sink
 from ._violation import Violation
 
 _log = logging.getLogger(semconv.LOGGER_NAME)
 # A library must not print through logging's last-resort handler: the
 # application's logging configuration decides where records go.
 _log.addHandler(logging.NullHandler())
-
-
-def tracing_configured() -> bool:
-    """True once the application (or the embedded exporter) set a tracer provider."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _span_of(ctx: Any) -> trace.Span:
@@ -40,12 +37,13 @@ class Reporter:
         self._level = log_level_number(options)
         self._counter: Any = None
         self._internal_counter: Any = None
-        #: Every violation reported, newest last, bounded (for tests and tools).
+        self.sink = Sink(options)
+        #: Callables given each reported Violation (the pytest plugin is one).
         self.listeners: list[Any] = []
 
     # -- instruments, created on first use so the app's MeterProvider is used --
     def _meter(self) -> Any:
-        return metrics.get_meter("scopetrace", __version__)
+        return self.sink.meter()
 
     def _violations(self) -> Any:
         if self._counter is None:
@@ -70,6 +68,9 @@ class Reporter:
     # -- the violation path -----------------------------------------------------
     def handle(self, violation: Violation, exc: BaseException) -> None:
         """Report one violation.  The caller catches anything this raises."""
+        advice = advise(violation)
+        if advice:
+            violation = dataclasses.replace(violation, advice=advice)
         if self.options.exception_notes and hasattr(exc, "add_note"):
             exc.add_note(violation.note())
         self._violations().add(1, violation.metric_attributes())
@@ -87,8 +88,7 @@ class Reporter:
         )
         for listener in list(self.listeners):
             listener(violation)
-        if not tracing_configured() and self.options.exporter == "console":
-            print(violation.format(), file=sys.stderr, flush=True)
+        self.sink.write(violation)
 
     def _span(self, violation: Violation, attrs: dict[str, Any]) -> None:
         opener_span = _span_of(violation.opener_context).get_span_context()
@@ -102,7 +102,7 @@ class Reporter:
         else:
             parent_ctx, other = violation.closer_context, opener_span
         links = [trace.Link(other)] if other.is_valid else []
-        tracer = trace.get_tracer("scopetrace", __version__)
+        tracer = self.sink.tracer()
         span = tracer.start_span(
             semconv.VIOLATION_SPAN,
             context=parent_ctx if parent_ctx is not None else otel_context.Context(),
