@@ -42,20 +42,9 @@ class Frame(NamedTuple):
         return f"{self.filename}:{self.lineno} in {self.function}"
 
 
-def _py_capture(var: ContextVar[Any], depth: int, _getframe: Any = sys._getframe) -> Record:
-    # Frame 0 is this function, frame 1 the patched __enter__: start at 2.
-    try:
-        f = _getframe(2)
-    except ValueError:
-        f = None
-    out: list[Any] = [time_ns(), var.get(None)]
-    while f is not None and depth > 0:
-        out.append(f.f_code)
-        out.append(f.f_lasti)
-        f = f.f_back
-        depth -= 1
-    del f
-    return tuple(out)
+def _py_capture(var: ContextVar[Any], depth: int) -> Record:
+    # Skip this function and the patched __enter__ that calls it.
+    return (time_ns(), var.get(None)) + live_stack(depth, skip=2)
 
 
 try:
@@ -126,8 +115,9 @@ def _library_prefixes() -> tuple[str, ...]:
 
     import anyio
 
+    # scopetrace's own frames never reach a stack (capture starts at the
+    # caller of the hooks), so its directory is not listed: its demo is user code.
     dirs = [os.path.dirname(m.__file__ or "") for m in (anyio, asyncio)]
-    dirs.append(os.path.dirname(os.path.abspath(__file__)))
     dirs.append(contextlib.__file__ or "contextlib.py")
     try:
         import trio
@@ -142,7 +132,7 @@ _prefixes: tuple[str, ...] | None = None
 
 
 def is_library(filename: str) -> bool:
-    """True for frames of anyio, asyncio, trio, contextlib and scopetrace itself."""
+    """True for frames of anyio, asyncio, trio and contextlib."""
     global _prefixes
     if _prefixes is None:
         _prefixes = _library_prefixes()

@@ -7,14 +7,11 @@ slow; it must still never raise (callers wrap it) and never keep frames.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from typing import Any
 
 from . import semconv
-from ._capture import FRAMES_AT, Frame, format_stack, frames_of, is_library, live_stack, site_of
-
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+from ._capture import FRAMES_AT, Frame, format_stack, frames_of, is_library, site_of
 
 CAUSE_EXPLANATIONS: dict[str, str] = {
     semconv.CAUSE_ASYNCGEN_FINALIZER: (
@@ -144,9 +141,9 @@ class Violation:
         ]
         return (
             f"scopetrace: {self.kind} ({self.cause}): scope entered in task "
-            f"{self.opener.name!r} ({self.opener.coroutine}, {state}) at "
-            f"{self.opener.site}; exited in task {self.closer.name!r} "
-            f"({self.closer.coroutine}) at {self.closer.site}"
+            f"{self.opener.name!r} (id {self.opener.id}, {self.opener.coroutine}, {state}) "
+            f"at {self.opener.site}; exited in task {self.closer.name!r} "
+            f"(id {self.closer.id}, {self.closer.coroutine}) at {self.closer.site}"
         )
 
     def format(self) -> str:
@@ -212,15 +209,6 @@ def side(
 
 def opener_stack(record: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     return None if record is None else record[FRAMES_AT:]
-
-
-def closer_stack(depth: int) -> tuple[Any, ...]:
-    """The current stack, without scopetrace's own frames on top."""
-    raw = live_stack(depth + 8, skip=1)
-    i = 0
-    while i < len(raw) and raw[i].co_filename.startswith(_OWN_DIR):
-        i += 2
-    return raw[i : i + 2 * max(depth, 1)]
 
 
 def current_thread() -> tuple[int, str]:

@@ -14,11 +14,11 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import semconv
+from .._capture import live_stack
 from .._runtime import Runtime
 from .._violation import (
     Violation,
     classify,
-    closer_stack,
     coroutine_name,
     current_thread,
     opener_stack,
@@ -45,6 +45,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     internal_error = runtime.internal_error
 
     def refused(scope: Any, exc: RuntimeError) -> None:
+        # Called by __exit__ only: two frames up is the code that exited.
         try:
             host = scope._host_task
             if host is None or not scope._active:
@@ -57,10 +58,10 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
                 if state is not None and state.cancel_scope is scope:
                     return
                 kind = semconv.KIND_NOT_INNERMOST
-            runtime.reporter.handle(
-                _build(kind, scope, host, closer, records.get(id(scope)), exc, task_states, runtime),
-                exc,
-            )
+            closer_raw = live_stack(max(depth, 1), skip=2)
+            record = records.get(id(scope))
+            violation = _build(kind, scope, host, closer, record, closer_raw, exc, task_states, runtime)
+            runtime.reporter.handle(violation, exc)
         except Exception:
             internal_error("asyncio exit hook")
 
@@ -166,6 +167,7 @@ def _build(
     host: Any,
     closer: Any,
     record: tuple[Any, ...] | None,
+    closer_raw: tuple[Any, ...],
     exc: BaseException,
     task_states: Any,
     runtime: Runtime,
@@ -177,7 +179,6 @@ def _build(
     finalizer = closer is not None and _is_finalizer(closer)
     siblings = kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states)
     cause = classify(kind, finalizer, o_running, siblings)
-    depth = max(runtime.options.stack_depth, 1)
     tg_host, tg_children = _task_group_view(scope, host)
     thread_id, thread_name = current_thread()
     return Violation(
@@ -185,7 +186,7 @@ def _build(
         cause=cause,
         backend=BACKEND,
         opener=side(o_name, o_id, o_coro, opener_stack(record), o_running),
-        closer=side(c_name, c_id, c_coro, closer_stack(depth), c_running),
+        closer=side(c_name, c_id, c_coro, closer_raw, c_running),
         message=str(exc),
         entered_at_ns=record[0] if record else None,
         thread_id=thread_id,

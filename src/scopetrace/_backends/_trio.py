@@ -15,11 +15,11 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import semconv
+from .._capture import live_stack
 from .._runtime import Runtime
 from .._violation import (
     Violation,
     classify,
-    closer_stack,
     coroutine_name,
     current_thread,
     opener_stack,
@@ -45,8 +45,10 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     internal_error = runtime.internal_error
 
     def refused_close(scope: Any, exc: Any, closer: Any, status: Any) -> Any:
+        # Called by _close only: two frames up is the code that exited.
         entry = records.pop(id(scope), None)
         try:
+            closer_raw = live_stack(max(depth, 1), skip=2)
             record, opener = entry if entry is not None else (None, None)
             if opener is not None:
                 kind = (
@@ -62,7 +64,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
         result = original_close(scope, exc)
         try:
             if isinstance(result, RuntimeError) and result is not exc:
-                violation = _build(kind, scope, opener, closer, record, result, runtime)
+                violation = _build(kind, scope, opener, closer, record, closer_raw, result, runtime)
                 runtime.reporter.handle(violation, result)
         except Exception:
             internal_error("trio exit hook")
@@ -154,6 +156,7 @@ def _build(
     opener: Any,
     closer: Any,
     record: tuple[Any, ...] | None,
+    closer_raw: tuple[Any, ...],
     exc: BaseException,
     runtime: Runtime,
 ) -> Violation:
@@ -168,7 +171,7 @@ def _build(
         cause=cause,
         backend=BACKEND,
         opener=side(o_name, o_id, o_coro, opener_stack(record), o_running),
-        closer=side(c_name, c_id, c_coro, closer_stack(max(runtime.options.stack_depth, 1)), c_running),
+        closer=side(c_name, c_id, c_coro, closer_raw, c_running),
         message=str(exc),
         entered_at_ns=record[0] if record else None,
         thread_id=thread_id,
