@@ -58,7 +58,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
                 if state is not None and state.cancel_scope is scope:
                     return
                 kind = semconv.KIND_NOT_INNERMOST
-            closer_raw = live_stack(max(depth, 1), skip=2)
+            closer_raw = live_stack(max(depth, 8), skip=2)
             record = records.get(id(scope))
             violation = _build(kind, scope, host, closer, record, closer_raw, exc, task_states, runtime)
             runtime.reporter.handle(violation, exc)

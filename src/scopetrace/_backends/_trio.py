@@ -48,7 +48,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
         # Called by _close only: two frames up is the code that exited.
         entry = records.pop(id(scope), None)
         try:
-            closer_raw = live_stack(max(depth, 1), skip=2)
+            closer_raw = live_stack(max(depth, 8), skip=2)
             record, opener = entry if entry is not None else (None, None)
             if opener is not None:
                 kind = (
