@@ -117,15 +117,23 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def _warn(source: str, value: object, field: str) -> None:
-    accepted = getattr(_PARSERS[field], "accepted", "")
-    default = getattr(Options, field)
+def accepted(field: str) -> str:
+    """What an option accepts, in words (for warnings and ``--help``)."""
+    return str(getattr(_PARSERS[field], "accepted", ""))
+
+
+def warn_invalid(source: str, value: object, accepted: str, outcome: str, stacklevel: int = 3) -> None:
+    """The one warning for a bad setting: what was given, what is accepted, what happens."""
     warnings.warn(
-        f"scopetrace: {source}={value!r} is not valid (accepted: {accepted}); "
-        f"using the default {default!r}",
+        f"scopetrace: {source}={value!r} is not valid (accepted: {accepted}); {outcome}",
         ConfigWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
+
+
+def _warn(source: str, value: object, field: str) -> None:
+    default = getattr(Options, field)
+    warn_invalid(source, value, accepted(field), f"using the default {default!r}", stacklevel=5)
 
 
 def resolve(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
@@ -134,9 +142,11 @@ def resolve(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None)
     values: dict[str, Any] = {}
     for name in kwargs:
         if name not in _PARSERS:
-            raise TypeError(
-                f"install() got an unexpected keyword argument {name!r}; "
-                f"accepted: {', '.join(_PARSERS)}"
+            warnings.warn(
+                f"scopetrace: install() has no option {name!r} (accepted: "
+                f"{', '.join(_PARSERS)}); ignoring it",
+                ConfigWarning,
+                stacklevel=3,
             )
     for field in _PARSERS:
         parse = _PARSERS[field]
