@@ -55,11 +55,8 @@ TASK_GROUP_CHILDREN: Final = "anyio.cancel_scope.task_group.children"
 CODE_FILEPATH: Final = "code.file.path"
 CODE_LINENO: Final = "code.line.number"
 CODE_FUNCTION: Final = "code.function.name"
-CODE_STACKTRACE: Final = "code.stacktrace"
 THREAD_ID: Final = "thread.id"
 THREAD_NAME: Final = "thread.name"
-EXCEPTION_TYPE: Final = "exception.type"
-EXCEPTION_MESSAGE: Final = "exception.message"
 
 # --- vocabularies --------------------------------------------------------------
 KIND_WRONG_TASK: Final = "wrong_task"

@@ -1,0 +1,30 @@
+"""`scopetrace demo` runs both seed bugs and their fixes, as a user would."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+
+def test_demo_reports_bugs_and_not_fixes() -> None:
+    exe = shutil.which("scopetrace", path=str(__import__("pathlib").Path(sys.executable).parent))
+    command = [exe, "demo"] if exe else [sys.executable, "-m", "scopetrace", "demo"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "all scenarios behaved as expected" in out
+    assert "UNEXPECTED" not in out
+    # Seed 000 on asyncio: the finalizer task closed the task group.
+    assert "wrong_task (asyncgen_finalizer)" in out
+    assert "running async_generator_athrow" in out
+    # Seed 003 on both backends: a sibling tool call closed the connection's scope.
+    assert out.count("wrong_task (sibling_task)") >= 4  # note + report, per backend
+    assert "not_innermost (misnested)" in out
+    # Both anyio messages reach the application.
+    assert "Attempted to exit cancel scope in a different task than it was entered in" in out
+    assert "isn't the current tasks's current cancel scope" in out
+    assert "Cancel scope stack corrupted" in out  # trio's wording
+    assert out.count("no report (as expected)") == 4  # each fix, on each backend
+    assert "entering stack (most recent call last):" in out
+    assert "SharedConnectionBuggy.__aenter__" in out
