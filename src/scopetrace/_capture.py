@@ -98,7 +98,10 @@ def frames_of(raw: tuple[Any, ...]) -> list[Frame]:
 
 def live_stack(depth: int, skip: int = 1) -> tuple[Any, ...]:
     """The current stack in record form (used for the closer, off the hot path)."""
-    f: Any = sys._getframe(skip + 1)
+    try:
+        f: Any = sys._getframe(skip + 1)
+    except ValueError:  # fewer frames than skipped: entered from C at the stack's bottom
+        return ()
     out: list[Any] = []
     while f is not None and depth > 0:
         out.append(f.f_code)

@@ -116,8 +116,10 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = 0; /* frames collected; pairs[0 .. 2n) are strong refs */
 
     /* Borrowed: the innermost Python frame, i.e. the function calling us.
-     * NULL if we are called with no Python frame at all. */
-    PyFrameObject *frame = PyEval_GetFrame();
+     * NULL if we are called with no Python frame at all.  On 3.11+ asking for
+     * it creates its frame object, a fixed cost per call (see the benchmark),
+     * so do not ask when no frame is wanted. */
+    PyFrameObject *frame = depth > 0 ? PyEval_GetFrame() : NULL;
     if (frame != NULL) {
         Py_INCREF(frame);
         frame = step_back(frame); /* skip that caller (the __enter__ wrapper) */

@@ -1,0 +1,425 @@
+"""The hot-path recorder: the C accelerator must build exactly the fallback's tuple.
+
+Every capture here goes through :func:`enter`, which stands in for the patched
+``CancelScope.__enter__``: both implementations skip that one wrapper frame
+(the Python fallback also skips its own), so a record starts at whoever called
+``enter``.  To compare the two implementations, both are called from the very
+same instruction (a loop over them), so even ``lasti`` must agree.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextvars
+import gc
+import sys
+import threading
+import time
+import tracemalloc
+import types
+import weakref
+
+import pytest
+
+from scopetrace import _capture
+from scopetrace._capture import FRAMES_AT, _py_capture
+
+try:
+    from scopetrace._speedups import capture as c_capture
+except ImportError:
+    c_capture = None
+
+needs_c = pytest.mark.skipif(c_capture is None, reason="scopetrace._speedups is not built")
+
+IMPLS = [
+    pytest.param(_py_capture, id="py"),
+    pytest.param(c_capture, id="c", marks=needs_c),
+]
+
+VAR: contextvars.ContextVar[object] = contextvars.ContextVar("scopetrace_test_var")
+
+
+def enter(fn, var, depth):
+    """Stand-in for the patched ``__enter__``: the one frame ``capture`` skips."""
+    return fn(var, depth)
+
+
+def both(var, depth):
+    """C and Python records taken from the same instruction of this frame."""
+    out = []
+    for fn in (c_capture, _py_capture):
+        out.append(enter(fn, var, depth))
+    return out
+
+
+def frames(record):
+    return [(record[i], record[i + 1]) for i in range(FRAMES_AT, len(record), 2)]
+
+
+def assert_same(c_rec, py_rec):
+    assert type(c_rec) is tuple and type(py_rec) is tuple
+    assert len(c_rec) == len(py_rec)
+    assert c_rec[1] is py_rec[1]
+    for (c_code, c_lasti), (py_code, py_lasti) in zip(frames(c_rec), frames(py_rec)):
+        assert c_code is py_code
+        assert type(c_lasti) is int and c_lasti == py_lasti
+
+
+def line_of(code, lasti):
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line
+    raise AssertionError(f"lasti {lasti} not in {code!r}")
+
+
+def nest(levels, fn):
+    """Call ``fn()`` from ``levels`` fresh Python frames (fresh on every call)."""
+    if levels == 0:
+        return fn()
+    return nest(levels - 1, fn)
+
+
+# -- the two implementations agree ----------------------------------------------
+
+
+@needs_c
+@pytest.mark.parametrize("depth", [0, 1, 2, 3, 4, 8, 16, 31, 32, 33, 100, 10_000])
+def test_same_record_as_fallback(depth):
+    c_rec, py_rec = both(VAR, depth)
+    assert_same(c_rec, py_rec)
+
+
+@needs_c
+@pytest.mark.parametrize("levels", [0, 1, 5, 40])
+def test_same_record_through_fresh_frames(levels):
+    # New frames each time: on 3.11+ their frame objects do not exist yet and
+    # are created by the walk.
+    for depth in (4, 16, 64):
+        assert_same(*nest(levels, lambda: both(VAR, depth)))
+
+
+@needs_c
+def test_same_record_in_generator_and_coroutine():
+    def gen():
+        yield both(VAR, 8)
+
+    assert_same(*next(gen()))
+
+    async def coro():
+        return both(VAR, 8)
+
+    c = coro()
+    with pytest.raises(StopIteration) as stop:
+        c.send(None)
+    assert_same(*stop.value.value)
+
+
+@needs_c
+def test_same_record_under_anyio():
+    anyio = pytest.importorskip("anyio")
+
+    async def main():
+        token = VAR.set("in-task")
+        try:
+            return both(VAR, 32)
+        finally:
+            VAR.reset(token)
+
+    c_rec, py_rec = anyio.run(main)
+    assert c_rec[1] == "in-task"
+    assert_same(c_rec, py_rec)
+
+
+@needs_c
+def test_is_the_accelerated_capture():
+    assert _capture.ACCELERATED
+    assert _capture.capture is c_capture
+
+
+def test_fallback_when_not_built():
+    if c_capture is None:
+        assert not _capture.ACCELERATED
+        assert _capture.capture is _py_capture
+
+
+# -- shape, depth, shallow stacks -----------------------------------------------
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_shape(fn):
+    before = time.time_ns()
+    record = enter(fn, VAR, 6)
+    after = time.time_ns()
+    assert type(record) is tuple
+    assert before <= record[0] <= after
+    assert len(record) == FRAMES_AT + 2 * 6
+    for code, lasti in frames(record):
+        assert type(code) is types.CodeType
+        assert type(lasti) is int and lasti >= 0
+    # No frame object, anywhere.
+    assert not any(isinstance(item, types.FrameType) for item in record)
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_starts_at_caller_of_wrapper(fn):
+    def site():
+        return enter(fn, VAR, 3)
+
+    def outer():
+        return site()
+
+    record = outer()
+    names = [code.co_name for code, _ in frames(record)]
+    assert names == ["site", "outer", sys._getframe().f_code.co_name]
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+@pytest.mark.parametrize("depth", [1, 4, 8, 16])
+def test_depth_limits_frames(fn, depth):
+    def recurse(n):
+        if n == 0:
+            return enter(fn, VAR, depth)
+        return recurse(n - 1)
+
+    record = recurse(30)
+    assert len(record) == FRAMES_AT + 2 * depth
+    assert all(code is recurse.__code__ for code, _ in frames(record))
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+@pytest.mark.parametrize("depth", [0, -1, -(10**30)])
+def test_no_frames_for_non_positive_depth(fn, depth):
+    record = enter(fn, VAR, depth)
+    assert len(record) == FRAMES_AT
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_huge_depth_takes_whole_stack(fn):
+    record = enter(fn, VAR, 10**30)
+    expected = 0
+    f = sys._getframe()
+    while f is not None:
+        expected += 1
+        f = f.f_back
+    del f
+    assert len(record) == FRAMES_AT + 2 * expected
+
+
+def _in_bare_thread(target):
+    """Run ``target`` with no Python frame below it (``_thread`` calls it from C)."""
+    result = []
+    done = threading.Event()
+
+    def run():
+        try:
+            result.append(target())
+        finally:
+            done.set()
+
+    _thread.start_new_thread(run, ())
+    assert done.wait(10)
+    return result[0]
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_shallow_stack(fn):
+    # Stack in the thread: run -> lambda -> enter.  Asking for 16 gets 2.
+    record = _in_bare_thread(lambda: enter(fn, VAR, 16))
+    assert [code.co_name for code, _ in frames(record)] == ["<lambda>", "run"]
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_wrapper_is_bottom_frame(fn):
+    # Nothing below the wrapper: the Python fallback's _getframe(2) raises and
+    # it records no frames; the C version must agree.
+    result = []
+    done = threading.Event()
+
+    def wrapper():  # plays enter(), called straight from C
+        try:
+            result.append(fn(VAR, 16))
+        finally:
+            done.set()
+
+    _thread.start_new_thread(wrapper, ())
+    assert done.wait(10)
+    assert len(result[0]) == FRAMES_AT
+
+
+# -- the context variable -------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_contextvar_unset_is_none(fn):
+    var = contextvars.ContextVar("unset")
+    assert enter(fn, var, 1)[1] is None
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_contextvar_default_is_ignored(fn):
+    # var.get(None): the explicit None wins over the variable's own default.
+    var = contextvars.ContextVar("with_default", default="dflt")
+    assert enter(fn, var, 1)[1] is None
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_contextvar_value(fn):
+    var = contextvars.ContextVar("set")
+    value = object()
+    token = var.set(value)
+    try:
+        assert enter(fn, var, 1)[1] is value
+    finally:
+        var.reset(token)
+    assert enter(fn, var, 1)[1] is None
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_contextvar_in_copied_context(fn):
+    var = contextvars.ContextVar("ctx")
+
+    def inside():
+        var.set("inner")
+        return enter(fn, var, 1)[1]
+
+    assert contextvars.copy_context().run(inside) == "inner"
+    assert enter(fn, var, 1)[1] is None
+
+
+@needs_c
+def test_bad_arguments():
+    with pytest.raises(TypeError):
+        c_capture("not a ContextVar", 4)
+    with pytest.raises(TypeError):
+        c_capture(VAR, "4")
+    with pytest.raises(TypeError):
+        c_capture(VAR, 4.0)
+    with pytest.raises(TypeError):
+        c_capture(VAR)
+    with pytest.raises(TypeError):
+        c_capture(VAR, 4, 5)
+
+
+# -- lasti resolves to the calling line -----------------------------------------
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_lasti_resolves_to_line(fn):
+    def site():
+        record = enter(fn, VAR, 2); line = sys._getframe().f_lineno  # noqa: E702
+        return record, line
+
+    def outer():
+        return site(), sys._getframe().f_lineno
+
+    (record, site_line), outer_line = outer()
+    (code0, lasti0), (code1, lasti1) = frames(record)
+    assert code0 is site.__code__ and line_of(code0, lasti0) == site_line
+    assert code1 is outer.__code__ and line_of(code1, lasti1) == outer_line
+    # And through the public resolver.
+    resolved = _capture.frames_of(record[FRAMES_AT:])
+    assert [f.lineno for f in resolved] == [site_line, outer_line]
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_lasti_matches_f_lasti(fn):
+    def site():
+        here = sys._getframe()
+        record = enter(fn, VAR, 3)
+        expected = []
+        f = here
+        for _ in range(3):
+            expected.append((f.f_code, f.f_lasti))
+            f = f.f_back
+        return record, expected
+
+    record, expected = site()
+    got = frames(record)
+    # Frame 0 has moved on since the capture; callers have not.
+    assert got[0][0] is expected[0][0]
+    assert got[1:] == expected[1:]
+
+
+# -- nothing is kept alive, nothing leaks ----------------------------------------
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_does_not_keep_frames_or_locals(fn):
+    class Local:
+        pass
+
+    def site():
+        local = Local()
+        return enter(fn, VAR, 4), weakref.ref(local)
+
+    record, ref = site()
+    assert ref() is None  # site's frame (and its locals) died with the call
+    assert record[FRAMES_AT] is site.__code__
+
+
+def _refcounts(*objs):
+    return [sys.getrefcount(o) for o in objs]
+
+
+@needs_c
+@pytest.mark.parametrize("depth", [4, 16, 40])  # 40 > 32 uses the heap buffer
+def test_no_reference_leaks(depth):
+    value = object()
+    token = VAR.set(value)
+    here = sys._getframe()
+    try:
+        def site():
+            for _ in range(100_000):
+                enter(c_capture, VAR, depth)
+
+        nest(3, site)  # warm up: frames created, caches filled
+        gc.collect()
+        code = nest.__code__
+        before = _refcounts(value, here, code, site.__code__, VAR)
+        tracemalloc.start()
+        try:
+            start, _ = tracemalloc.get_traced_memory()
+            nest(3, site)
+            gc.collect()
+            end, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        after = _refcounts(value, here, code, site.__code__, VAR)
+    finally:
+        VAR.reset(token)
+    assert after == before
+    # 100k calls leaking even one small int or tuple would be megabytes.
+    assert end - start < 64 * 1024
+
+
+@needs_c
+def test_no_leak_on_error():
+    var = "not a ContextVar"
+    before = _refcounts(var)
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(100_000):
+            try:
+                enter(c_capture, var, 8)
+            except TypeError:
+                pass
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert _refcounts(var) == before
+    assert end - start < 64 * 1024
+
+
+@needs_c
+def test_records_hold_code_references():
+    def site():
+        return enter(c_capture, VAR, 1)
+
+    code = site.__code__
+    before = sys.getrefcount(code)
+    records = [site() for _ in range(1000)]
+    assert sys.getrefcount(code) == before + 1000
+    del records
+    assert sys.getrefcount(code) == before
