@@ -93,12 +93,13 @@ class Options:
     #: File the ``jsonl`` exporter appends to.
     jsonl_path: str = "scopetrace-violations.jsonl"
     #: Spans/events/logs per second for one (kind, cause, opener site, closer
-    #: site); the counter is always exact.
+    #: site), in bursts of as many; 0 = unlimited.  The counter is always exact.
     rate_limit: float = 10.0
     #: Level of the log record emitted per violation.
     log_level: str = "error"
-    #: Most entering records kept for scopes that are still open.
-    max_open_scopes: int = 100_000
+    #: Most entering records kept for open scopes (~0.5 KB each at the default
+    #: depth); past it the oldest go, so a leak cannot grow memory.
+    max_open_scopes: int = 20_000
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

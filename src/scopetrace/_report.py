@@ -17,6 +17,7 @@ from . import semconv
 from ._advisor import advise
 from ._config import Options, log_level_number
 from ._export import Sink
+from ._ratelimit import RateLimiter
 from ._violation import Violation
 
 _log = logging.getLogger(semconv.LOGGER_NAME)
@@ -38,6 +39,7 @@ class Reporter:
         self._counter: Any = None
         self._internal_counter: Any = None
         self.sink = Sink(options)
+        self.limiter = RateLimiter(options.rate_limit)
         #: Callables given each reported Violation (the pytest plugin is one).
         self.listeners: list[Any] = []
 
@@ -74,10 +76,17 @@ class Reporter:
         if self.options.exception_notes and hasattr(exc, "add_note"):
             exc.add_note(violation.note())
         self._violations().add(1, violation.metric_attributes())
-        self.emit(violation)
+        for listener in list(self.listeners):
+            listener(violation)
+        key = (violation.kind, violation.cause, violation.opener.site, violation.closer.site)
+        suppressed = self.limiter.allow(key)
+        if suppressed is not None:
+            self.emit(violation, suppressed)
 
-    def emit(self, violation: Violation) -> None:
+    def emit(self, violation: Violation, suppressed: int = 0) -> None:
         attrs = violation.attributes()
+        if suppressed:
+            attrs[semconv.SUPPRESSED] = suppressed
         self._span(violation, attrs)
         self._event(violation, attrs)
         _log.log(
@@ -86,8 +95,6 @@ class Reporter:
             violation.summary(),
             extra={"scopetrace": attrs, "scopetrace_report": violation.format()},
         )
-        for listener in list(self.listeners):
-            listener(violation)
         self.sink.write(violation)
 
     def _span(self, violation: Violation, attrs: dict[str, Any]) -> None:

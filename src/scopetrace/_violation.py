@@ -7,6 +7,7 @@ slow; it must still never raise (callers wrap it) and never keep frames.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any
 
@@ -189,22 +190,43 @@ def _first_user_frame(frames: tuple[Frame, ...]) -> Frame | None:
 
 
 def coroutine_name(coro: object) -> str:
+    """The coroutine's qualified name, never its repr (which may show arguments)."""
     if coro is None:
         return "<none>"
-    name = getattr(coro, "__qualname__", None)
-    return name if isinstance(name, str) else type(coro).__name__
+    try:
+        name = getattr(coro, "__qualname__", None)
+    except Exception:  # a hostile awaitable must not break the report
+        name = None
+    return cap(name) if isinstance(name, str) else type(coro).__name__
+
+
+#: Longest task name or coroutine name put in a report.
+MAX_NAME = 256
+#: Longest stack text put in a report attribute.
+MAX_STACKTRACE = 16_384
+
+
+def cap(text: str, limit: int = MAX_NAME) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@functools.lru_cache(maxsize=512)
+def _resolve(raw: tuple[Any, ...]) -> tuple[tuple[Frame, ...], str, str]:
+    # A storm repeats the same few stacks: resolve each once.  Bounded, and
+    # holds only code objects and ints.
+    frames = frames_of(raw)
+    return tuple(frames), site_of(frames), format_stack(frames)
 
 
 def side(
     name: str, task_id: int, coroutine: str, raw: tuple[Any, ...] | None, running: bool | None
 ) -> TaskInfo:
     """Build a :class:`TaskInfo` from a raw ``(code, lasti, ...)`` stack."""
+    name = cap(name)
     if not raw:
         return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
-    frames = frames_of(raw)
-    return TaskInfo(
-        name, task_id, coroutine, site_of(frames), format_stack(frames), running, tuple(frames)
-    )
+    frames, site, text = _resolve(raw)
+    return TaskInfo(name, task_id, coroutine, site, cap(text, MAX_STACKTRACE), running, frames)
 
 
 def opener_stack(record: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
