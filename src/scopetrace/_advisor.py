@@ -84,12 +84,14 @@ def version_key(text: str) -> tuple[Any, ...]:
     while len(release) > 1 and release[-1] == 0:
         release.pop()
     rest = m.group(2).lower().lstrip(".-_")
-    # dev/pre-releases sort before the release, post-releases after it.
-    phase = 1
-    if rest.startswith(("dev", "a", "b", "c", "rc", "alpha", "beta", "pre", "preview")):
+    # dev < pre-releases < the release < post-releases of one release number.
+    phase = 2
+    if rest.startswith("dev"):
         phase = 0
+    elif rest.startswith(("a", "b", "c", "rc", "alpha", "beta", "pre", "preview")):
+        phase = 1
     elif rest.startswith(("post", "rev", "r")) or (rest and rest[0].isdigit()):
-        phase = 2
+        phase = 3
     return (tuple(release), phase, rest)
 
 
