@@ -86,7 +86,7 @@ def frames_of(raw: tuple[Any, ...]) -> list[Frame]:
     The stack stops at the event loop's task-stepping frame: the frames
     outside it are the same for every task and only hide the ones that matter.
     """
-    frames = []
+    frames: list[Frame] = []
     for i in range(0, len(raw) - 1, 2):
         code, lasti = raw[i], raw[i + 1]
         if frames and _is_loop_frame(code):

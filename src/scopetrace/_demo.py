@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import IO, Any
 
 import anyio
@@ -40,7 +40,7 @@ async def _consume_and_drop() -> None:
             break
 
 
-async def _messages() -> AsyncIterator[str]:
+async def _messages() -> AsyncGenerator[str, None]:
     yield "AssistantMessage"
     yield "ResultMessage"
 
