@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._run import add_arguments as add_run_arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -20,6 +22,18 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio", "all"), default="all",
         help="event loop backend(s) to run the demo on (default: all)",
     )
+    run = sub.add_parser(
+        "run", help="run a command with tracing on, e.g. scopetrace run -- python app.py",
+        description="Run COMMAND with SCOPETRACE=1 and the given options as SCOPETRACE_* "
+        "variables: every Python process it starts is traced, with no code change.",
+    )
+    add_run_arguments(run)
+    report = sub.add_parser(
+        "report", help="summarise a jsonl file (SCOPETRACE_EXPORTER=jsonl) by kind, cause and site"
+    )
+    report.add_argument(
+        "files", nargs="+", metavar="FILE", help="jsonl file(s); - reads standard input"
+    )
     return parser
 
 
@@ -29,6 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(args.backend, out=sys.stdout)
+    if args.command == "run":
+        from ._run import run
+
+        return run(args)
+    if args.command == "report":
+        from ._summary import report
+
+        return report(args.files)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

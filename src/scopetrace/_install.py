@@ -67,6 +67,9 @@ def uninstall() -> None:
         _generation += 1
         while _unpatchers:
             _unpatchers.pop()()
+        if _runtime is not None:
+            # Export what the embedded exporter still holds, and stop its threads.
+            _runtime.reporter.sink.close()
         _runtime = None
 
 
