@@ -167,7 +167,7 @@ def stat(title: str, description: str, pos: dict[str, int], target: dict[str, An
         "fieldConfig": {
             "defaults": {
                 "unit": unit,
-                "decimals": 2 if unit != "short" else None,
+                **({} if unit == "short" else {"decimals": 2}),
                 "thresholds": {
                     "mode": "absolute",
                     "steps": [{"color": "green", "value": None}, {"color": "red", "value": red_at}],
