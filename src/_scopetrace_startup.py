@@ -20,7 +20,9 @@ _started = False
 def start() -> None:
     """Turn scopetrace on if ``SCOPETRACE`` asks for it.  Runs once; never raises."""
     global _started
-    if _started:  # site.py may process the same site directory twice
+    # site.py runs the .pth of a venv's site-packages twice (once for the venv,
+    # once as a prefix's site-packages), and addsitedir() runs it again.
+    if _started:
         return
     _started = True
     # Fast path for the usual "off" spellings, decided without importing the

@@ -71,7 +71,7 @@ def test_console_is_the_default_and_writes_the_report_on_stderr(
     scopetrace.install()
     violate()
     err = capfd.readouterr().err
-    assert err.startswith("scopetrace: anyio cancel scope violation: wrong_task (sibling_task)")
+    assert err.count("scopetrace: anyio cancel scope violation: wrong_task (sibling_task)\n") == 1
     assert "entered by: task" in err and "exited by:  task" in err
     assert "likely cause:" in err
 
