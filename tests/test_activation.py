@@ -7,6 +7,7 @@ scopetrace, as an operator would.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -17,71 +18,15 @@ from pathlib import Path
 
 import pytest
 
+import scopetrace
 from scopetrace import semconv
 from scopetrace._activate import switched_on
 from scopetrace._config import ConfigWarning
+from scopetrace._install import current_options
 
 from .otlp_receiver import OtlpReceiver
+from .programs import APP, AT_SHUTDOWN, REPORT, UNTRACED
 from .wheelenv import WheelEnv, wheel_env
-
-REPORT = "scopetrace: anyio cancel scope violation:"
-
-#: Seed 003 in miniature, in a program that knows nothing of scopetrace: it
-#: prints what it caught and whether anyio's CancelScope is patched.
-APP = textwrap.dedent(
-    """
-    import asyncio, sys
-    import anyio
-    from anyio._backends import _asyncio
-
-    class Connection:
-        # First user opens the scope, last user closes it (the seed's bug).
-        scope, users = None, 0
-        async def __aenter__(self):
-            if self.users == 0:
-                self.scope = anyio.CancelScope()
-                self.scope.__enter__()
-            self.users += 1
-        async def __aexit__(self, *exc):
-            self.users -= 1
-            if self.users == 0:
-                self.scope.__exit__(*exc)
-
-    async def tool_call(conn, i):
-        async with conn:
-            await asyncio.sleep(0.01 * (i + 1))
-
-    async def main():
-        conn = Connection()
-        results = await asyncio.gather(*(tool_call(conn, i) for i in range(4)), return_exceptions=True)
-        print("caught:", [str(r) for r in results if r is not None])
-
-    asyncio.run(main())
-    patched = "scopetrace" in _asyncio.CancelScope.__enter__.__code__.co_filename
-    print("patched:", patched, "scopetrace imported:", "scopetrace" in sys.modules)
-    """
-)
-
-#: Seed 000 in miniature: the violation happens while asyncio.run() shuts down.
-AT_SHUTDOWN = textwrap.dedent(
-    """
-    import asyncio, anyio
-
-    async def query():
-        async with anyio.create_task_group():
-            yield 1
-            yield 2
-
-    async def main():
-        agen = query()
-        await agen.__anext__()  # then dropped: the loop's finalizer closes it
-
-    asyncio.run(main())
-    """
-)
-
-UNTRACED = "caught: ['Attempted to exit cancel scope in a different task than it was entered in']\n"
-
 
 # -- the switch and the hook, in this environment ----------------------------------
 
@@ -168,6 +113,22 @@ def test_hook_never_raises_when_scopetrace_cannot_start() -> None:
     assert proc.stdout == "application runs\n"
     assert proc.stderr.startswith("scopetrace: SCOPETRACE is set but tracing could not start (ModuleNotFoundError")
     assert proc.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_the_opentelemetry_instrumentor_entry_point_installs_and_uninstalls() -> None:
+    (entry,) = [
+        ep for ep in importlib.metadata.entry_points(group="opentelemetry_instrumentor")
+        if ep.name == "scopetrace"
+    ]
+    instrumentor = entry.load()()
+    # Options are install() keywords; what else the machinery passes is ignored.
+    instrumentor.instrument(stack_depth=4, tracer_provider=object())
+    try:
+        options = current_options()
+        assert scopetrace.is_installed() and options is not None and options.stack_depth == 4
+    finally:
+        instrumentor.uninstrument()
+    assert not scopetrace.is_installed()
 
 
 # -- the installed wheel -----------------------------------------------------------------
@@ -341,7 +302,7 @@ def test_otlp_receives_the_span_of_an_unmodified_program(
     assert a[semconv.OPENER_TASK_NAME] != a[semconv.CLOSER_TASK_NAME]
     assert a[semconv.OPENER_SITE].startswith(f"{app}:")
     assert a[semconv.CLOSER_SITE].startswith(f"{app}:")
-    assert "__aexit__" in a[semconv.CLOSER_STACKTRACE]  # qualified on 3.11+
+    assert "__aexit__" in a[semconv.CLOSER_STACKTRACE]
     assert span.resource["service.name"] == "agents-api"
     assert span.resource["deployment.environment"] == "production"
     point = receiver.wait_for_point(semconv.VIOLATIONS_METRIC, timeout=10)

@@ -24,7 +24,7 @@ from scopetrace._config import ConfigWarning
 from scopetrace._export import metrics_configured, tracing_configured
 from scopetrace._install import current_runtime
 
-from . import scenarios
+from . import programs, scenarios
 from .conftest import Telemetry, _reset_global_providers
 from .otlp_receiver import OtlpReceiver
 
@@ -265,24 +265,8 @@ def test_otlp_without_its_packages_warns_once_and_uses_the_console() -> None:
 
 # -- flush at exit -------------------------------------------------------------------
 
-#: Seed 000 in miniature: the async generator is abandoned, and the loop's
-#: finalizer closes it in a task of its own while asyncio.run() shuts down,
-#: just before the process exits.
-AT_SHUTDOWN = """
-import asyncio, anyio, scopetrace
-scopetrace.install()
-
-async def query():
-    async with anyio.create_task_group():
-        yield 1
-        yield 2
-
-async def main():
-    agen = query()
-    await agen.__anext__()
-
-asyncio.run(main())
-"""
+#: A violation while asyncio.run() shuts down, just before the process exits.
+AT_SHUTDOWN = "import scopetrace; scopetrace.install()\n" + programs.AT_SHUTDOWN
 
 #: Later still: in an atexit handler of the application (registered after
 #: scopetrace's own, so it runs before scopetrace's flush).  With "warm", a first
