@@ -51,13 +51,17 @@ def skip_or_fail(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def gen():
-    """dashboards/generate.py as a module."""
+@pytest.fixture(scope="module", autouse=True)
+def example_dependencies() -> None:
     missing = [m for m in NEEDED if _missing(m)]
     if missing:
         skip_or_fail(f"the example's dependencies are not installed (missing: {', '.join(missing)});"
                      " install them with: pip install -e '.[test,example]'")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    """dashboards/generate.py as a module."""
     spec = importlib.util.spec_from_file_location("scopetrace_dashboards_generate",
                                                   DASHBOARDS / "generate.py")
     module = importlib.util.module_from_spec(spec)

@@ -45,10 +45,14 @@ def _missing(module: str) -> bool:
         return True
 
 
+@pytest.fixture(scope="module", autouse=True)
+def example_dependencies() -> None:
+    require_example_dependencies()
+
+
 @pytest.fixture(scope="module")
 def example():
     """The example's modules (harness, otlp_sink), importable from examples/flaky_500."""
-    require_example_dependencies()
     sys.path.insert(0, str(EXAMPLE))
     try:
         import harness
