@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.wheelenv import WheelEnv, wheel_env  # noqa: E402
 
-CONFIGS = (
+CONFIGS: tuple[tuple[str, dict[str, str]], ...] = (
     ("installed, SCOPETRACE unset", {}),
     ("installed, SCOPETRACE=0", {"SCOPETRACE": "0"}),
     ("installed, SCOPETRACE=1", {"SCOPETRACE": "1"}),

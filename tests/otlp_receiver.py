@@ -184,8 +184,8 @@ class OtlpReceiver:
     @property
     def endpoint(self) -> str:
         """Base URL, for ``OTEL_EXPORTER_OTLP_ENDPOINT`` (exporters append ``/v1/...``)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     def start(self) -> OtlpReceiver:
         self._thread.start()

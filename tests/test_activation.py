@@ -7,6 +7,7 @@ scopetrace, as an operator would.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import scopetrace
 from scopetrace import semconv
 from scopetrace._activate import switched_on
-from scopetrace._config import ConfigWarning
+from scopetrace._config import ConfigWarning, Options, env_name
 from scopetrace._install import current_options
 
 from .otlp_receiver import OtlpReceiver
@@ -343,3 +344,17 @@ def test_opentelemetry_instrument_honours_disabled_instrumentations(venv: WheelE
     assert proc.returncode == 0, proc.stderr
     assert "patched: False" in proc.stdout
     assert REPORT not in proc.stderr
+
+
+def test_the_production_doc_documents_every_option() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "production.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in doc.splitlines() if line.startswith("| `SCOPETRACE")}
+    assert "SCOPETRACE" in rows
+    for field in dataclasses.fields(Options):
+        row = rows[env_name(field.name)]
+        assert f"`{field.name}`" in row and f"`--{field.name.replace('_', '-')}" in row
+        default = field.default
+        shown = ("on" if default else "off") if isinstance(default, bool) else f"`{default:g}`" \
+            if isinstance(default, float) else f"`{default}`"
+        assert shown in row, (field.name, row)
+

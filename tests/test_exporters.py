@@ -28,7 +28,7 @@ from . import programs, scenarios
 from .conftest import Telemetry, _reset_global_providers
 from .otlp_receiver import OtlpReceiver
 
-ASYNCIO = ("asyncio", {})
+ASYNCIO: tuple[str, dict[str, object]] = ("asyncio", {})
 
 
 @pytest.fixture
@@ -357,3 +357,25 @@ def test_bad_exporter_value_warns_once_and_uses_the_console(
     ]
     runtime = current_runtime()
     assert runtime is not None and runtime.reporter.sink.exporter == "console"
+
+
+def test_an_unreachable_collector_delays_exit_only_by_the_otlp_timeout(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {
+        **os.environ, "SCOPETRACE_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+    }
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", AT_SHUTDOWN], env=env, capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    # Spans then metrics, each giving up after about the 1 s timeout (the
+    # default, 10 s, would take ~16 s); generous for a slow machine.
+    assert elapsed < 10, f"exit took {elapsed:.1f}s"

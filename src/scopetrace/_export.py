@@ -39,9 +39,10 @@ from ._violation import Violation
 _SCOPE = "scopetrace"
 
 try:
+    # What get_meter_provider() returns until the application sets one.
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 except ImportError:  # pragma: no cover - a future API without the private proxy
-    _ProxyMeterProvider = type(metrics.get_meter_provider())
+    _ProxyMeterProvider = type(metrics.get_meter_provider())  # type: ignore[misc,assignment]
 
 
 def tracing_configured() -> bool:

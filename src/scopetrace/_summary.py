@@ -50,7 +50,7 @@ def summarise(records: Iterable[dict[str, Any] | None]) -> Summary:
             skipped += 1
             continue
         attrs = rec[_jsonl.ATTRIBUTES]
-        key = tuple(
+        kind, cause, opener_site, closer_site = (
             str(attrs.get(name, "?"))
             for name in (
                 semconv.VIOLATION_KIND,
@@ -59,9 +59,10 @@ def summarise(records: Iterable[dict[str, Any] | None]) -> Summary:
                 semconv.CLOSER_SITE,
             )
         )
-        group = groups.get(key)  # type: ignore[arg-type]
+        key = (kind, cause, opener_site, closer_site)
+        group = groups.get(key)
         if group is None:
-            group = groups[key] = Group(*key)  # type: ignore[index]
+            group = groups[key] = Group(kind, cause, opener_site, closer_site)
         when = str(rec.get(_jsonl.TIME, ""))
         # A record let through by the rate limit stands for those it held back.
         held_back = attrs.get(semconv.SUPPRESSED, 0)
