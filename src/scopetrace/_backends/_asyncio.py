@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .. import semconv
 from .._capture import live_stack
+from .._orphans import AsyncioWatcher, Orphans
 from .._runtime import Runtime
 from .._violation import (
     Violation,
@@ -43,6 +44,11 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     cap = runtime.options.max_open_scopes
     evict = runtime.evict
     internal_error = runtime.internal_error
+    watcher = AsyncioWatcher(Orphans(runtime, BACKEND), task_states, _describe, _task_group_view)
+    watch = watcher.watch
+    #: Weak reference to the task watch() last saw: a loop of scopes in one
+    #: task then costs one call and one identity test per enter.
+    last_watched = watcher.nobody
 
     def refused(scope: Any, exc: RuntimeError) -> None:
         # Called by __exit__ only: two frames up is the code that exited.
@@ -53,6 +59,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
             closer = asyncio.current_task()
             if closer is not host:
                 kind = semconv.KIND_WRONG_TASK
+                watcher.before_violation(scope, host)
             else:
                 state = task_states.get(host)
                 if state is not None and state.cancel_scope is scope:
@@ -67,11 +74,20 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
 
     @functools.wraps(original_enter)
     def __enter__(self: Any) -> Any:
+        nonlocal last_watched
         result = original_enter(self)
         try:
             records[id(self)] = capture(var, depth)
             if len(records) > cap:
                 evict()
+            # The task's outermost scope (no parent, or the task group's that
+            # spawned it): make sure its end gets checked for scopes left open
+            # (watch() registers once per task).
+            parent = self._parent_scope
+            if (
+                parent is None or parent._host_task is not self._host_task
+            ) and self._host_task is not last_watched():
+                last_watched = watch(self._host_task)
         except Exception:
             internal_error("asyncio enter hook")
         return result

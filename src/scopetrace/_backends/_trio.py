@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .. import semconv
 from .._capture import live_stack
+from .._orphans import Orphans, patch_trio_task_exit
 from .._runtime import Runtime
 from .._violation import (
     Violation,
@@ -97,8 +98,13 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
 
     cls.__enter__ = __enter__
     cls._close = _close
+    # Orphans are found at task exit, off the enter/exit path.
+    unpatch_task_exit = patch_trio_task_exit(
+        module, runtime, Orphans(runtime, BACKEND), _describe, _task_group_view
+    )
 
     def unpatch() -> None:
+        unpatch_task_exit()
         if cls.__dict__.get("__enter__") is __enter__:
             cls.__enter__ = original_enter
         if cls.__dict__.get("_close") is _close:

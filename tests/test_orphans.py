@@ -1,0 +1,275 @@
+"""Orphaned-scope early warning: a task ends while a scope it entered is open.
+
+Every scenario is ordered by events on both backends; "before any other task
+tries to close the scope" is checked by the order of the finished spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+import anyio
+import pytest
+import sniffio
+
+from scopetrace import semconv
+
+
+class Shared:
+    """Seed 003's ref-counted connection: the first user opens, the last closes."""
+
+    def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None
+        self.count = 0
+
+    async def __aenter__(self) -> Shared:
+        if self.count == 0:
+            self.scope = anyio.CancelScope()
+            self.scope.__enter__()
+        self.count += 1
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.count -= 1
+        if self.count == 0:
+            assert self.scope is not None
+            self.scope.__exit__(None, None, None)
+
+
+async def plain_tasks(*funcs: Any) -> None:
+    """gather() on asyncio, a raw nursery on trio: tasks without anyio's wrapper."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            for func in funcs:
+                nursery.start_soon(func)
+    else:
+        await asyncio.gather(*(f() for f in funcs))
+
+
+def run(backend: Any, func: Any) -> None:
+    name, options = backend
+    anyio.run(func, backend=name, backend_options=options)
+
+
+def orphan_points(traced: Any) -> int:
+    return sum(p.value for p in traced.counter_points(semconv.ORPHANED_METRIC))
+
+
+def test_seed_003_warns_before_the_violation(
+    backend: Any, traced: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caught: list[BaseException] = []
+
+    async def main() -> None:
+        conn, a_in, b_in, a_out = Shared(), anyio.Event(), anyio.Event(), anyio.Event()
+
+        async def opener() -> None:
+            async with conn:
+                a_in.set()
+                await b_in.wait()
+            a_out.set()
+
+        async def closer() -> None:
+            await a_in.wait()
+            try:
+                async with conn:
+                    b_in.set()
+                    await a_out.wait()
+            except RuntimeError as exc:
+                caught.append(exc)
+
+        await plain_tasks(opener, closer)
+
+    with caplog.at_level(logging.WARNING, logger=semconv.LOGGER_NAME):
+        run(backend, main)
+    assert len(caught) == 1  # anyio still refuses, exactly as before
+    names = [s.name for s in traced.finished()]
+    assert names == [semconv.ORPHANED_SPAN, semconv.VIOLATION_SPAN]
+    (orphan,) = traced.finished(semconv.ORPHANED_SPAN)
+    attrs = orphan.attributes
+    assert attrs[semconv.BACKEND] == backend[0]
+    assert attrs[semconv.OPENER_TASK_NAME].endswith("opener") or attrs[
+        semconv.OPENER_TASK_NAME
+    ].startswith("Task-")
+    assert attrs[semconv.OPENER_TASK_COROUTINE].endswith("main.<locals>.opener")
+    assert attrs[semconv.OPENER_RUNNING] is False
+    assert "in Shared.__aenter__" in attrs[semconv.OPENER_SITE]
+    assert "in test_seed_003_warns_before_the_violation.<locals>.main.<locals>.opener" in attrs[
+        semconv.OPENER_STACKTRACE
+    ]
+    assert orphan_points(traced) == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "orphaned" in warnings[0].getMessage()
+    assert warnings[0].scopetrace[semconv.OPENER_SITE] == attrs[semconv.OPENER_SITE]
+
+
+def test_leak_without_any_close(backend: Any, traced: Any) -> None:
+    kept: list[anyio.CancelScope] = []
+
+    async def leaker() -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        await plain_tasks(leaker)
+        await anyio.sleep(0)  # asyncio: the done-callback runs one step later
+
+    run(backend, main)
+    assert [s.name for s in traced.finished()] == [semconv.ORPHANED_SPAN]
+    assert orphan_points(traced) == 1
+    assert "leaker" in traced.finished()[0].attributes[semconv.OPENER_TASK_COROUTINE]
+
+
+def test_asyncgen_abandoned_by_its_consumer(traced: Any) -> None:
+    """Seed 000's precondition: the consumer task ends with the generator's task
+    group open; the finalizer task closes it later."""
+    caught: list[BaseException] = []
+
+    async def stream() -> Any:
+        async with anyio.create_task_group():
+            yield 1
+            yield 2
+
+    async def consumer() -> None:
+        async for _ in stream():
+            break  # no aclose(): the event loop's finalizer will close it
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: caught.append(ctx.get("exception")))
+        await asyncio.create_task(consumer())
+        gc.collect()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    names = [s.name for s in traced.finished()]
+    assert names[0] == semconv.ORPHANED_SPAN
+    assert semconv.VIOLATION_SPAN in names
+    violation = traced.finished(semconv.VIOLATION_SPAN)[0]
+    assert violation.attributes[semconv.VIOLATION_CAUSE] == semconv.CAUSE_ASYNCGEN_FINALIZER
+
+
+def test_properly_exited_scopes_are_not_orphans(backend: Any, traced: Any) -> None:
+    """with-blocks, nesting, timeouts, cancellation, task groups and start()."""
+    started = []
+
+    async def service(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope():
+            task_status.started()
+            with anyio.move_on_after(0.001):
+                await anyio.sleep(1)
+        started.append(True)
+
+    async def child(ev: anyio.Event) -> None:
+        with anyio.CancelScope():
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(anyio.sleep, 0)
+            await ev.wait()
+
+    async def main() -> None:
+        with anyio.CancelScope():
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0)
+        with anyio.move_on_after(0.001):
+            await anyio.sleep(1)
+        ev = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(service)
+            tg.start_soon(child, ev)
+            tg.start_soon(anyio.sleep, 1)
+            await anyio.sleep(0)
+            ev.set()
+            await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        await plain_tasks(lambda: child(ev))
+        await anyio.sleep(0)
+
+    run(backend, main)
+    assert started == [True]
+    assert traced.finished() == []
+    assert orphan_points(traced) == 0
+
+
+def test_each_orphan_once_even_when_the_close_comes_first(backend: Any, traced: Any) -> None:
+    """The closer runs in the very step the opener ends (its wake-up was queued
+    first), before asyncio runs done-callbacks: still one warning, first."""
+    scopes: list[anyio.CancelScope] = []
+    closed = anyio.Event()
+
+    async def opener(release: anyio.Event) -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        scopes.append(scope)
+        release.set()  # wakes the closer before this task has even ended
+
+    async def closer(release: anyio.Event) -> None:
+        await release.wait()
+        try:
+            scopes[0].__exit__(None, None, None)
+        except RuntimeError:
+            closed.set()
+
+    async def main() -> None:
+        release = anyio.Event()
+        await plain_tasks(lambda: opener(release), lambda: closer(release))
+        await anyio.sleep(0)
+
+    run(backend, main)
+    assert closed.is_set()
+    assert [s.name for s in traced.finished()] == [semconv.ORPHANED_SPAN, semconv.VIOLATION_SPAN]
+    assert orphan_points(traced) == 1
+
+
+def test_many_tasks_leave_nothing_behind(backend: Any, traced: Any) -> None:
+    """One done-callback per task that entered a scope, gone when it ends."""
+    from scopetrace._install import current_runtime
+
+    async def worker() -> None:
+        with anyio.CancelScope():
+            await anyio.sleep(0)
+
+    async def main() -> None:
+        await plain_tasks(*([worker] * 200))
+        await anyio.sleep(0)
+
+    run(backend, main)
+    runtime = current_runtime()
+    assert runtime is not None and runtime.records == {}
+    assert traced.finished() == []
+
+
+def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) -> None:
+    """anyio runs each child inside a scope of its own, so the child's exit of it
+    is refused (a misnest violation, on both backends); on asyncio the scope the
+    child left open is then also reported as orphaned, once."""
+    kept: list[anyio.CancelScope] = []
+
+    async def child() -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        with pytest.raises(Exception, match="unhandled errors|Exceptions from Trio"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(child)
+        await anyio.sleep(0)
+
+    run(backend, main)
+    violations = traced.finished(semconv.VIOLATION_SPAN)
+    assert [v.attributes[semconv.VIOLATION_KIND] for v in violations] == [
+        semconv.KIND_NOT_INNERMOST
+    ]
+    orphans = traced.finished(semconv.ORPHANED_SPAN)
+    if backend[0] == "asyncio":
+        assert len(orphans) == 1
+        assert "in test_task_group_child_that_leaves_a_scope_open.<locals>.child" in (
+            orphans[0].attributes[semconv.OPENER_SITE]
+        )
