@@ -26,8 +26,8 @@ from scopetrace._config import ConfigWarning, Options, env_name
 from scopetrace._install import current_options
 
 from .otlp_receiver import OtlpReceiver
-from .programs import APP, AT_SHUTDOWN, REPORT, UNTRACED
-from .wheelenv import WheelEnv, wheel_env
+from .programs import AT_SHUTDOWN, REPORT, UNTRACED
+from .wheelenv import WheelEnv, app, venv  # noqa: F401 - fixtures
 
 # -- the switch and the hook, in this environment ----------------------------------
 
@@ -133,18 +133,6 @@ def test_the_opentelemetry_instrumentor_entry_point_installs_and_uninstalls() ->
 
 
 # -- the installed wheel -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> WheelEnv:
-    return wheel_env(tmp_path_factory.mktemp("wheel"))
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
 
 
 slow = pytest.mark.slow

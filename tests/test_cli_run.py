@@ -20,8 +20,8 @@ from scopetrace import _jsonl, semconv
 from scopetrace._config import Options, env_name
 from scopetrace._run import hook_installed
 
-from .programs import APP, ASGI_APP, REPORT, UNTRACED
-from .wheelenv import WheelEnv, wheel_env
+from .programs import ASGI_APP, REPORT, UNTRACED
+from .wheelenv import WheelEnv, app, venv  # noqa: F401 - fixtures
 
 #: A child that shows what it was given.
 SHOW_ENV = (
@@ -108,18 +108,6 @@ def test_run_help_names_every_option_and_its_variable() -> None:
 
 
 # -- traced, with the installed wheel ----------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> WheelEnv:
-    return wheel_env(tmp_path_factory.mktemp("wheel"))
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
 
 
 @pytest.mark.slow

@@ -19,6 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from .programs import APP
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What a release is built from.
@@ -111,3 +115,20 @@ def wheel_env(workdir: Path) -> WheelEnv:
         )
         _built = WheelEnv(venv, wheel)
         return _built
+
+
+# -- fixtures, for the test modules that import them ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> WheelEnv:
+    """The installed wheel's venv, shared by the whole session."""
+    return wheel_env(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """programs.APP as a script file."""
+    path = tmp_path / "app.py"
+    path.write_text(APP)
+    return path
