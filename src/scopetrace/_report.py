@@ -36,36 +36,40 @@ class Reporter:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._level = log_level_number(options)
-        self._counter: Any = None
-        self._internal_counter: Any = None
+        #: meter -> {metric name: counter}; a new meter (the application set
+        #: its MeterProvider after the first report) gets new counters.
+        self._counters: tuple[Any, dict[str, Any]] = (None, {})
         self.sink = Sink(options)
         self.limiter = RateLimiter(options.rate_limit)
         #: Callables given each reported Violation (the pytest plugin is one).
         self.listeners: list[Any] = []
 
-    # -- instruments, created on first use so the app's MeterProvider is used --
-    def _meter(self) -> Any:
-        return self.sink.meter()
+    # -- instruments: looked up at each report, so the app's MeterProvider is used --
+    def _counter(self, name: str, unit: str, description: str) -> Any:
+        meter = self.sink.meter()
+        owner, counters = self._counters
+        if owner is not meter:
+            counters = {}
+            self._counters = (meter, counters)
+        counter = counters.get(name)
+        if counter is None:
+            counter = counters[name] = meter.create_counter(
+                name, unit=unit, description=description
+            )
+        return counter
 
     def _violations(self) -> Any:
-        if self._counter is None:
-            self._counter = self._meter().create_counter(
-                semconv.VIOLATIONS_METRIC,
-                unit="{violation}",
-                description="anyio cancel scopes exited by the wrong task or out of order",
-            )
-        return self._counter
+        return self._counter(
+            semconv.VIOLATIONS_METRIC,
+            "{violation}",
+            "anyio cancel scopes exited by the wrong task or out of order",
+        )
 
     def count_internal_error(self, where: str, exc: BaseException | None) -> None:
-        if self._internal_counter is None:
-            self._internal_counter = self._meter().create_counter(
-                semconv.INTERNAL_ERRORS_METRIC,
-                unit="{error}",
-                description="errors caught inside scopetrace's own code",
-            )
-        self._internal_counter.add(
-            1, {"scopetrace.where": where, "exception.type": type(exc).__name__}
+        counter = self._counter(
+            semconv.INTERNAL_ERRORS_METRIC, "{error}", "errors caught inside scopetrace's own code"
         )
+        counter.add(1, {"scopetrace.where": where, "exception.type": type(exc).__name__})
 
     # -- the violation path -----------------------------------------------------
     def handle(self, violation: Violation, exc: BaseException) -> None:
@@ -95,7 +99,7 @@ class Reporter:
             violation.summary(),
             extra={"scopetrace": attrs, "scopetrace_report": violation.format()},
         )
-        self.sink.write(violation)
+        self.sink.write(violation, attrs)
 
     def _span(self, violation: Violation, attrs: dict[str, Any]) -> None:
         opener_span = _span_of(violation.opener_context).get_span_context()
