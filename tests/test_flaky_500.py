@@ -101,6 +101,8 @@ def violation_count(metrics_text: str) -> float:
 
 
 def test_buggy_service_every_500_trace_holds_the_violation_span(example, activation):
+    from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
     harness, otlp_sink = example
     with otlp_sink.TraceSink() as sink, harness.Service(
         fixed=False, activation=activation, otlp_endpoint=sink.endpoint, latency="staggered"
@@ -142,7 +144,7 @@ def test_buggy_service_every_500_trace_holds_the_violation_span(example, activat
         # It sits in the failing request's trace, under the tool call that closed the scope.
         parent = next(s for s in trace if s.span_id == violation.parent_span_id)
         assert parent.name == "tool_call recent_deploys"
-        assert violation.resource.get("service.name") == "flaky-500"
+        assert violation.resource.get(SERVICE_NAME) == "flaky-500"
 
 
 def test_fixed_service_gives_no_errors_and_no_violation_spans(example, activation):
@@ -180,3 +182,22 @@ def test_load_script_only_targets_loopback(example):
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode != 0 and "loopback" in out.stderr
+
+
+def test_watch_script_runs_the_whole_demo(example, tmp_path):
+    """watch.py (the live demo): service, sink, load, status lines, then everything stopped."""
+    import subprocess
+
+    harness, _ = example
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE / "watch.py"), "--duration", "2", "--latency", "staggered",
+         "--no-prometheus", "--interval", "1", "--port", str(harness.free_port()),
+         "--metrics-port", str(harness.free_port())],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    load = re.search(r"(\d+) requests in .*: (\d+) x HTTP 500", out.stdout)
+    spans = re.search(r"violation spans received: (\d+)", out.stdout)
+    assert load and spans, out.stdout
+    assert int(load.group(1)) == int(load.group(2)) == int(spans.group(1)) > 0, out.stdout
+    assert "VIOLATION wrong_task" in out.stdout

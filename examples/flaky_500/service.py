@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from connections import connection_class  # noqa: E402
 import toolserver  # noqa: E402
 
-SERVICE_NAME = "flaky-500"
+DEFAULT_SERVICE_NAME = "flaky-500"
 TOOLS = ("search_docs", "fetch_ticket", "lookup_customer", "recent_deploys")
 LATENCY_MODES = ("random", "staggered")
 
@@ -81,8 +81,10 @@ def configure_opentelemetry(host: str, metrics_port: int) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from prometheus_client import start_http_server
 
+    from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
     resource = Resource.create(
-        {"service.name": os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME}
+        {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME}
     )
     # OTEL_METRICS_EXPORTER: "prometheus" (the default: scraped on
     # --metrics-port), "otlp" (pushed, e.g. to an OpenTelemetry Collector), or both.

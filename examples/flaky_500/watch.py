@@ -31,13 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dashboards"))
+
+import generate  # noqa: E402  (dashboards/generate.py: the Prometheus names)
 import harness  # noqa: E402
 from otlp_sink import TraceSink, describe  # noqa: E402
 
 from scopetrace import semconv  # noqa: E402  (a tool around the service: it may)
 
-VIOLATIONS = "anyio_cancel_scope_violations_total"
-HTTP_5XX = 'http_server_request_duration_seconds_count{http_response_status_code=~"5.."}'
+VIOLATIONS = generate.VIOLATIONS
+HTTP_5XX = generate.selector(generate.HTTP_REQUESTS, generate.FIVE_XX)
 
 
 def main() -> int:
@@ -46,10 +49,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0,
                         help="seconds of load (0: none, keep running until Ctrl-C)")
     parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("--latency", choices=("random", "staggered"), default="random",
+                        help="tool latencies (staggered: every buggy request fails)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--no-prometheus", action="store_true")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between status lines")
     parser.add_argument("--otlp-endpoint", default=None,
                         help="send traces here (e.g. http://127.0.0.1:4318) instead of the sink")
     args = parser.parse_args()
@@ -73,7 +79,7 @@ def main() -> int:
     sink = None if args.otlp_endpoint else TraceSink(on_spans=on_spans).__enter__()
     endpoint = args.otlp_endpoint or sink.endpoint
     service = harness.Service(fixed=args.fixed, activation=activation, otlp_endpoint=endpoint,
-                              port=args.port, metrics_port=args.metrics_port,
+                              latency=args.latency, port=args.port, metrics_port=args.metrics_port,
                               log_path=Path("flaky-500-service.log").resolve())
     prom = None
     load = None
@@ -102,7 +108,7 @@ def main() -> int:
                                      str(args.duration), "-c", str(args.concurrency)])
         start = time.monotonic()
         while load is None or load.poll() is None:
-            time.sleep(5)
+            time.sleep(args.interval)
             status = [f"[{time.monotonic() - start:5.0f}s]"]
             if sink:
                 with lock:
