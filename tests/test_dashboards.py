@@ -494,4 +494,5 @@ def test_every_query_returns_data_from_a_real_prometheus(gen, dashboard, rules, 
             [new_site] = [a for a in alerts if a["labels"]["alertname"] ==
                           "AnyioCancelScopeNewViolationSite"]
             assert new_site["labels"]["job"] == job
-            assert "RefCountedConnection.__aenter__" in new_site["labels"][gen.OPENER_SITE]
+            assert "connections.py:" in new_site["labels"][gen.OPENER_SITE]
+            assert "__aenter__" in new_site["labels"][gen.OPENER_SITE]
