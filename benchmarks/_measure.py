@@ -1,0 +1,286 @@
+"""How the benchmark measures: instruction counts, CPU-time rounds, memory.
+
+Instruction counts (primary).  A worker process runs one workload in one mode
+under ``valgrind --tool=callgrind --collect-atstart=no
+--toggle-collect=<ctypes callback> --dump-after=<ctypes callback>``: it warms
+the workload up, then runs it twice more, with 0 units and with ``n``, each
+from inside a ``ctypes`` callback called by libc's ``qsort``.  callgrind
+collects only while that callback runs and writes one count per run, so
+interpreter start-up, imports and the warm-up (whose counts wander by about
+0.3% between identical processes) are not collected at all.  The cost of one
+unit is ``(count(n) - count(0)) / n``: the fixed cost of a run (event loop,
+servers, telemetry) cancels out.  Counts of identical runs agree to about
+1,000 instructions in 28 million.
+
+CPU time (secondary).  In one process, rounds run every mode once each in a
+rotating order (install/uninstall between them); a round's ratio pairs a mode
+with that round's plain run, and the figure is the median of those ratios.
+
+Memory.  The realistic service in fresh processes, one per mode: peak RSS
+(``ru_maxrss``) without tracemalloc, and tracemalloc's peak with
+``-X tracemalloc`` (so that imports count too, as they do for an operator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "overhead.py")
+
+#: The ctypes trampoline every Python callback called from C goes through:
+#: callgrind collects exactly while it is on the stack.
+TOGGLE_SYMBOL = "closure_fcn"
+#: Units run before the measured run: imports, caches and the first
+#: connections are then done, in the n run and the 0 run alike.
+WARM_UNITS = 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker run: a workload, in a mode, with settings, for n units."""
+
+    workload: str
+    mode: str
+    n: int
+    #: ``scopetrace.install()`` keywords, as sorted (name, value) pairs.
+    settings: tuple[tuple[str, Any], ...] = ()
+    capture: str = "default"
+    #: "" (count instructions), "rss" or "tracemalloc"
+    memory: str = ""
+
+    def argv(self) -> list[str]:
+        return [SCRIPT, "--worker", json.dumps(asdict(self), sort_keys=True)]
+
+    @classmethod
+    def parse(cls, spec: str) -> Job:
+        fields = json.loads(spec)
+        fields["settings"] = tuple((k, v) for k, v in fields["settings"])
+        return cls(**fields)
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of every worker: fixed hashing, no inherited settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SCOPETRACE_", "PYTHONASYNCIODEBUG", "PYTHONTRACEMALLOC"))
+    }
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+# -- the worker side ----------------------------------------------------------------
+
+
+def run_worker(spec: str) -> None:
+    """Body of ``overhead.py --worker JSON``: run one job, print one RESULT line."""
+    job = Job.parse(spec)
+    import _workloads
+
+    workload = _workloads.WORKLOADS[job.workload]
+    mode = _workloads.Mode(job.mode, dict(job.settings), job.capture)
+    result: dict[str, Any] = {}
+    with mode:
+        mode.run(workload, WARM_UNITS)
+        _workloads.exported_spans()  # count only the measured run's spans
+        if job.memory == "tracemalloc":
+            import tracemalloc
+
+            before = tracemalloc.get_traced_memory()[0]
+            cpu = mode.run(workload, job.n)
+            current, peak = tracemalloc.get_traced_memory()
+            result.update(traced_peak=peak, traced_retained=current - before)
+        elif job.memory == "rss":
+            import resource
+
+            cpu = mode.run(workload, job.n)
+            result.update(maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        else:
+            _run_collected(lambda: mode.run(workload, 0))  # the first count
+            cpu = _run_collected(lambda: mode.run(workload, job.n))  # the second
+        result["cpu"] = cpu
+        result["spans"] = _workloads.exported_spans()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _run_collected(run: Any) -> float:
+    """Call ``run`` from C (libc qsort's comparator) so callgrind can toggle on it."""
+    import ctypes
+
+    box: list[Any] = []
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    def compare(_a: Any, _b: Any) -> int:
+        if not box:  # qsort of two items compares once; be safe if it did more
+            try:
+                box.append(run())
+            except BaseException as exc:  # ctypes would print and drop it
+                box.append(exc)
+        return 0
+
+    items = (ctypes.c_int * 2)(0, 1)
+    ctypes.CDLL(None).qsort(items, 2, ctypes.sizeof(ctypes.c_int), compare)
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return float(box[0])
+
+
+# -- the parent side -----------------------------------------------------------------
+
+
+def callgrind_available() -> str | None:
+    """Why instruction counts cannot be taken here, or None if they can."""
+    if shutil.which("valgrind") is None:
+        return "valgrind is not installed (apt-get install valgrind)"
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).qsort  # noqa: B018 - the lookup is the check
+    except Exception as exc:  # pragma: no cover - ctypes is part of CPython here
+        return f"ctypes cannot call libc qsort: {exc}"
+    return None
+
+
+def _result(stdout: str, job: Job, stderr: str) -> dict[str, Any]:
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"worker {job} printed no result; its stderr ends:\n{stderr[-3000:]}")
+
+
+def _instructions(job: Job) -> tuple[int, int, dict[str, Any]]:
+    """(count with 0 units, count with n units, the worker's result) for one job."""
+    with tempfile.TemporaryDirectory(prefix="scopetrace-bench-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--collect-atstart=no",
+                f"--toggle-collect={TOGGLE_SYMBOL}",
+                f"--dump-after={TOGGLE_SYMBOL}",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                *job.argv(),
+            ],
+            capture_output=True,
+            text=True,
+            env=worker_env(),
+            cwd=tmp,
+            check=False,
+        )
+        result = _result(proc.stdout, job, proc.stderr)
+        empty, full = (_total(f"{out}.{i}", job) for i in (1, 2))
+    return empty, full, result
+
+
+def _total(path: str, job: Job) -> int:
+    try:
+        with open(path) as f:
+            match = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+    except OSError:
+        match = None
+    if match is None:
+        raise RuntimeError(f"no instruction count in {os.path.basename(path)} for {job}")
+    return int(match.group(1))
+
+
+def _run_plain(job: Job, python_args: Sequence[str] = ()) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, *python_args, *job.argv()],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        check=False,
+    )
+    return _result(proc.stdout, job, proc.stderr)
+
+
+@dataclass
+class Count:
+    """Instructions per unit of one configuration, and what its run reported."""
+
+    per_unit: float
+    spans_per_unit: float
+
+
+def instructions_per_unit(jobs: Iterable[Job], parallel: int) -> dict[Job, Count]:
+    """``(count(n) - count(0)) / n`` for every job, running workers in parallel."""
+    jobs = list(jobs)
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        counted = list(pool.map(_instructions, jobs))
+    return {
+        job: Count((full - empty) / job.n, result.get("spans", 0) / job.n)
+        for job, (empty, full, result) in zip(jobs, counted)
+    }
+
+
+def memory(
+    workload: str, n: int, modes: Sequence[str], repeat: int, parallel: int
+) -> dict[str, dict[str, float]]:
+    """Median peak RSS (KiB) and tracemalloc peak/retained (bytes) per mode."""
+    runs = [
+        (mode, job, args)
+        for _ in range(repeat)
+        for mode in modes  # interleaved, so that drift hits every mode alike
+        for job, args in (
+            (Job(workload, mode, n, memory="rss"), ()),
+            (Job(workload, mode, n, memory="tracemalloc"), ("-X", "tracemalloc")),
+        )
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        results = list(pool.map(lambda run: _run_plain(run[1], run[2]), runs))
+    samples: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+    for (mode, _, _), result in zip(runs, results):
+        for key, value in result.items():
+            samples[mode].setdefault(key, []).append(float(value))
+    return {
+        mode: {key: statistics.median(values) for key, values in by_key.items()}
+        for mode, by_key in samples.items()
+    }
+
+
+def cpu_rounds(
+    workload_name: str,
+    n: int,
+    modes: Sequence[Any],
+    rounds: int,
+) -> tuple[list[float], dict[int, list[float]]]:
+    """Interleaved CPU-time rounds in this process.
+
+    ``modes[0]`` must be plain.  Returns the plain seconds per unit of each
+    round, and for each other mode (by index) its per-round ratios to plain.
+    """
+    import _workloads
+
+    workload = _workloads.WORKLOADS[workload_name]
+    for mode in modes:  # warm-up: imports, caches, first connections
+        with mode:
+            mode.run(workload, min(n, WARM_UNITS))
+    plain: list[float] = []
+    ratios: dict[int, list[float]] = {i: [] for i in range(1, len(modes))}
+    for r in range(rounds):
+        order = list(range(len(modes)))
+        order = order[r % len(order) :] + order[: r % len(order)]
+        seconds: dict[int, float] = {}
+        for i in order:
+            with modes[i]:
+                seconds[i] = modes[i].run(workload, n)
+        plain.append(seconds[0] / n)
+        for i in ratios:
+            if seconds[0] > 0:
+                ratios[i].append(seconds[i] / seconds[0])
+    _workloads.exported_spans()
+    return plain, ratios
