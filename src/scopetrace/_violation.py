@@ -211,9 +211,12 @@ def cap(text: str, limit: int = MAX_NAME) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _resolve(raw: tuple[Any, ...]) -> tuple[tuple[Frame, ...], str, str]:
+def _resolve(
+    raw: tuple[Any, ...], files: tuple[str, ...]
+) -> tuple[tuple[Frame, ...], str, str]:
     # A storm repeats the same few stacks: resolve each once.  Bounded, and
-    # holds only code objects and ints.
+    # holds only code objects and ints.  ``files`` is part of the key because
+    # code objects compare equal across files (same bytecode, names, lines).
     frames = frames_of(raw)
     return tuple(frames), site_of(frames), format_stack(frames)
 
@@ -225,7 +228,7 @@ def side(
     name = cap(name)
     if not raw:
         return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
-    frames, site, text = _resolve(raw)
+    frames, site, text = _resolve(raw, tuple(code.co_filename for code in raw[::2]))
     return TaskInfo(name, task_id, coroutine, site, cap(text, MAX_STACKTRACE), running, frames)
 
 

@@ -170,10 +170,21 @@ def _siblings(opener: Any, closer: Any, task_states: Any) -> bool:
 
 
 def _task_group_view(scope: Any, host: Any) -> tuple[str | None, tuple[str, ...]]:
-    tasks = [t for t in getattr(scope, "_tasks", ()) if t is not host]
-    if not tasks:
+    """(host task name, names of the child tasks alive) for a task group's
+    scope; (None, ()) for a scope no other task runs in."""
+    try:
+        children = {t for t in scope._tasks if t is not host}
+        # anyio >= 4.14 runs each child in a scope of its own, nested in the
+        # group's; the child then leaves the group scope's _tasks.
+        for child_scope in scope._child_scopes:
+            task = child_scope._host_task
+            if task is not None and task is not host:
+                children.add(task)
+        names = tuple(sorted(_describe(t)[0] for t in children if not t.done()))
+    except Exception:
         return None, ()
-    names = tuple(sorted(_describe(t)[0] for t in tasks if not t.done()))
+    if not names:
+        return None, ()
     return _describe(host)[0], names
 
 
