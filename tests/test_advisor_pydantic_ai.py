@@ -135,7 +135,18 @@ def test_pydantic_ai_parallel_tool_calls(traced: Any, mcp_url: str) -> None:
         # the "isn't the current task's current cancel scope" variant.
         assert isinstance(results[0], RuntimeError)
         assert any(v.kind == semconv.KIND_NOT_INNERMOST for v in seen)
+        # A's task ended with the transport scopes open: the early warning,
+        # out before B closed them.
+        names = [s.name for s in traced.finished()]
+        assert semconv.ORPHANED_SPAN in names
+        first_wrong = next(
+            i for i, s in enumerate(traced.finished())
+            if s.name == semconv.VIOLATION_SPAN
+            and s.attributes[semconv.VIOLATION_KIND] == semconv.KIND_WRONG_TASK
+        )
+        assert names.index(semconv.ORPHANED_SPAN) < first_wrong
     else:
         assert results == ["a done", "b done"]
         assert seen == []
         assert spans == []
+        assert traced.finished(semconv.ORPHANED_SPAN) == []
