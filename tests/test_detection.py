@@ -87,7 +87,10 @@ def test_asyncgen_finalizer(backend: Any, violations: list[Violation]) -> None:
     v = _only(violations)
     assert (v.kind, v.cause) == (semconv.KIND_WRONG_TASK, semconv.CAUSE_ASYNCGEN_FINALIZER)
     assert v.closer.coroutine == "async_generator_athrow"
-    assert v.opener.coroutine.endswith("consume")
+    if not (backend[1].get("loop_factory") and (3, 12) <= sys.version_info[:3] < (3, 12, 5)):
+        # (There, asyncio cannot name a finished eager task's coroutine without
+        # crashing: python/cpython#122332; the outermost recorded frame stands in.)
+        assert v.opener.coroutine.endswith("consume")
     assert in_function(v.opener.site, "query")
 
 

@@ -192,13 +192,15 @@ def _first_user_frame(frames: tuple[Frame, ...]) -> Frame | None:
 def coroutine_name(coro: object) -> str:
     """The coroutine's qualified name, never its repr (which may show arguments)."""
     if coro is None:
-        return "<none>"
+        return UNKNOWN_COROUTINE
     try:
         name = getattr(coro, "__qualname__", None)
     except Exception:  # a hostile awaitable must not break the report
         name = None
     return cap(name) if isinstance(name, str) else type(coro).__name__
 
+
+UNKNOWN_COROUTINE = "<unknown>"
 
 #: Longest task name or coroutine name put in a report.
 MAX_NAME = 256
@@ -229,6 +231,9 @@ def side(
     if not raw:
         return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
     frames, site, text = _resolve(raw, tuple(code.co_filename for code in raw[::2]))
+    if coroutine == UNKNOWN_COROUTINE and frames:
+        # The outermost frame of a task's stack is its coroutine.
+        coroutine = frames[-1].function
     return TaskInfo(name, task_id, coroutine, site, cap(text, MAX_STACKTRACE), running, frames)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from types import ModuleType
 from typing import Any, Callable
 
@@ -30,6 +31,16 @@ MODULE = "anyio._backends._asyncio"
 BACKEND = "asyncio"
 
 _FINALIZER_COROUTINES = ("async_generator_athrow", "async_generator_asend")
+
+# CPython 3.12.0-3.12.4 crash in Task.get_coro() on a task that completed
+# eagerly (python/cpython#122332, fixed in 3.12.5).
+_GET_CORO_CRASHES = (3, 12) <= sys.version_info[:3] < (3, 12, 5)
+
+
+def _coro_of(task: Any) -> Any:
+    if _GET_CORO_CRASHES and task.done():
+        return None
+    return task.get_coro()
 
 
 def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
@@ -123,9 +134,9 @@ def _describe(task: Any) -> tuple[str, int, str, bool | None]:
     except Exception:
         name = "<unnamed>"
     try:
-        coro = coroutine_name(task.get_coro())
+        coro = coroutine_name(_coro_of(task))
     except Exception:
-        coro = "<unknown>"
+        coro = coroutine_name(None)
     try:
         running: bool | None = not task.done()
     except Exception:
@@ -135,7 +146,7 @@ def _describe(task: Any) -> tuple[str, int, str, bool | None]:
 
 def _is_finalizer(task: Any) -> bool:
     try:
-        return type(task.get_coro()).__name__ in _FINALIZER_COROUTINES
+        return type(_coro_of(task)).__name__ in _FINALIZER_COROUTINES
     except Exception:
         return False
 
