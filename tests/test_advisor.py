@@ -26,6 +26,8 @@ from scopetrace import _advisor, semconv
 from scopetrace._advisor import KnownBug, known_bugs, parse, version_key
 from scopetrace._install import current_runtime
 
+from .scenarios import plain_tasks
+
 #: Seed 003's culprit: the first user opens the transport's scope, the last closes it.
 PYDANTIC_AI_MCP = '''
 import anyio
@@ -111,22 +113,7 @@ async def _shared_connection(server: Any) -> None:
         except RuntimeError:
             pass
 
-    await _plain_tasks(a, b)
-
-
-async def _plain_tasks(*funcs: Any) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            for func in funcs:
-                nursery.start_soon(func)
-    else:
-        import asyncio
-
-        await asyncio.gather(*(f() for f in funcs))
+    await plain_tasks(a, b)
 
 
 def _violations() -> list[scopetrace.Violation]:
@@ -167,7 +154,8 @@ def test_bad_entries_are_named() -> None:
         "name": "x", "distributions": ["x"], "fixed_in": "1.0", "stack": "closer",
         "frames": [{"file": "x/y.py", "function": "f"}], "issue": "o/x#1",
     }]}))
-    assert parse(good)[0] == KnownBug("x", ("x",), None, "1.0", "closer", (("x/y.py", "f"),), "o/x#1")
+    expected = KnownBug("x", ("x",), None, "1.0", "closer", (("x/y.py", "f"),), "o/x#1")
+    assert parse(good)[0] == expected
     for broken in ({"stack": "sideways"}, {"fixed_in": "soon"}, {"frames": []}):
         doc = {"bugs": [dict(good["bugs"][0], **broken)]}
         with pytest.raises(ValueError, match="known_bugs.json: entry 0"):
@@ -254,7 +242,7 @@ def test_claude_sdk_shape(
             except RuntimeError:
                 pass
 
-        await _plain_tasks(opener, closer)
+        await plain_tasks(opener, closer)
 
     name, options = backend
     anyio.run(main, backend=name, backend_options=options)

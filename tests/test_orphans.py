@@ -13,42 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
-import sniffio
 
 from scopetrace import semconv
 
-
-class Shared:
-    """Seed 003's ref-counted connection: the first user opens, the last closes."""
-
-    def __init__(self) -> None:
-        self.scope: anyio.CancelScope | None = None
-        self.count = 0
-
-    async def __aenter__(self) -> Shared:
-        if self.count == 0:
-            self.scope = anyio.CancelScope()
-            self.scope.__enter__()
-        self.count += 1
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.count -= 1
-        if self.count == 0:
-            assert self.scope is not None
-            self.scope.__exit__(None, None, None)
-
-
-async def plain_tasks(*funcs: Any) -> None:
-    """gather() on asyncio, a raw nursery on trio: tasks without anyio's wrapper."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            for func in funcs:
-                nursery.start_soon(func)
-    else:
-        await asyncio.gather(*(f() for f in funcs))
+from .scenarios import RefCounted, plain_tasks
 
 
 def run(backend: Any, func: Any) -> None:
@@ -66,7 +34,7 @@ def test_seed_003_warns_before_the_violation(
     caught: list[BaseException] = []
 
     async def main() -> None:
-        conn, a_in, b_in, a_out = Shared(), anyio.Event(), anyio.Event(), anyio.Event()
+        conn, a_in, b_in, a_out = RefCounted(), anyio.Event(), anyio.Event(), anyio.Event()
 
         async def opener() -> None:
             async with conn:
@@ -98,7 +66,7 @@ def test_seed_003_warns_before_the_violation(
     ].startswith("Task-")
     assert attrs[semconv.OPENER_TASK_COROUTINE].endswith("main.<locals>.opener")
     assert attrs[semconv.OPENER_RUNNING] is False
-    assert "in Shared.__aenter__" in attrs[semconv.OPENER_SITE]
+    assert "in RefCounted.__aenter__" in attrs[semconv.OPENER_SITE]
     assert "in test_seed_003_warns_before_the_violation.<locals>.main.<locals>.opener" in attrs[
         semconv.OPENER_STACKTRACE
     ]

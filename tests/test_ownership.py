@@ -3,25 +3,14 @@ are alive, on the violation and on the orphan warning."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import anyio
 import pytest
-import sniffio
 
 from scopetrace import semconv
 
-
-async def plain_tasks(*funcs: Any) -> None:
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            for func in funcs:
-                nursery.start_soon(func)
-    else:
-        await asyncio.gather(*(f() for f in funcs))
+from .scenarios import plain_tasks
 
 
 class Client:

@@ -146,7 +146,10 @@ def test_ini_option_enables_it(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize(
     ("args", "ini"),
-    [(("--scopetrace", "--scopetrace-warn"), ""), ((), "scopetrace = true\nscopetrace_warn = true\n")],
+    [
+        (("--scopetrace", "--scopetrace-warn"), ""),
+        ((), "scopetrace = true\nscopetrace_warn = true\n"),
+    ],
     ids=["flag", "ini"],
 )
 def test_warn_mode(pytester: pytest.Pytester, args: tuple[str, ...], ini: str) -> None:
@@ -162,7 +165,8 @@ def test_warn_mode(pytester: pytest.Pytester, args: tuple[str, ...], ini: str) -
 def test_allow_marker(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_app=SWALLOWING.replace(
-            "def test_gather_return_exceptions", "@pytest.mark.scopetrace_allow\ndef test_gather_return_exceptions"
+            "def test_gather_return_exceptions",
+            "@pytest.mark.scopetrace_allow\ndef test_gather_return_exceptions",
         )
     )
     result = pytester.runpytest_subprocess("--scopetrace", "-p", "no:cacheprovider", "-k", "gather")
@@ -181,7 +185,9 @@ def test_propagates():
     asyncio.run(main())
 '''
     )
-    result = pytester.runpytest_subprocess("--scopetrace", "-p", "no:cacheprovider", "-k", "propagates")
+    result = pytester.runpytest_subprocess(
+        "--scopetrace", "-p", "no:cacheprovider", "-k", "propagates"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*RuntimeError: Attempted to exit cancel scope in a different task*",

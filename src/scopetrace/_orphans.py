@@ -128,7 +128,8 @@ class Orphans:
         self._count(orphan)
         # A task that leaks in a loop would flood the exporter: spans, events
         # and logs are rate limited per opener site, like violations.
-        suppressed = self.runtime.reporter.limiter.allow((semconv.ORPHANED_SPAN, orphan.opener.site))
+        key = (semconv.ORPHANED_SPAN, orphan.opener.site)
+        suppressed = self.runtime.reporter.limiter.allow(key)
         if suppressed is not None:
             self.emit(orphan, suppressed)
 
