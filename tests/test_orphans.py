@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from typing import Any
 
 import anyio
@@ -17,6 +18,11 @@ import pytest
 from scopetrace import semconv
 
 from .scenarios import RefCounted, plain_tasks
+
+
+def qualname(name: str) -> str:
+    """How a frame's function shows in a stack: Python 3.10 has no co_qualname."""
+    return name if sys.version_info >= (3, 11) else name.rpartition(".")[2]
 
 
 def run(backend: Any, func: Any) -> None:
@@ -66,10 +72,9 @@ def test_seed_003_warns_before_the_violation(
     ].startswith("Task-")
     assert attrs[semconv.OPENER_TASK_COROUTINE].endswith("main.<locals>.opener")
     assert attrs[semconv.OPENER_RUNNING] is False
-    assert "in RefCounted.__aenter__" in attrs[semconv.OPENER_SITE]
-    assert "in test_seed_003_warns_before_the_violation.<locals>.main.<locals>.opener" in attrs[
-        semconv.OPENER_STACKTRACE
-    ]
+    assert attrs[semconv.OPENER_SITE].endswith("in " + qualname("RefCounted.__aenter__"))
+    opener = qualname("test_seed_003_warns_before_the_violation.<locals>.main.<locals>.opener")
+    assert f"in {opener}" in attrs[semconv.OPENER_STACKTRACE]
     assert orphan_points(traced) == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "orphaned" in warnings[0].getMessage()
@@ -238,6 +243,5 @@ def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) ->
     orphans = traced.finished(semconv.ORPHANED_SPAN)
     if backend[0] == "asyncio":
         assert len(orphans) == 1
-        assert "in test_task_group_child_that_leaves_a_scope_open.<locals>.child" in (
-            orphans[0].attributes[semconv.OPENER_SITE]
-        )
+        child = qualname("test_task_group_child_that_leaves_a_scope_open.<locals>.child")
+        assert f"in {child}" in orphans[0].attributes[semconv.OPENER_SITE]

@@ -63,7 +63,10 @@ def _has_frame(frames: Iterable[Frame], patterns: tuple[tuple[str, str], ...]) -
     for frame in frames:
         path = frame.filename.replace(os.sep, "/")
         for suffix, function in patterns:
-            if frame.function == function and path.endswith(suffix):
+            # Python 3.10 code objects have no qualname: only the last part.
+            if frame.function in (function, function.rpartition(".")[2]) and path.endswith(
+                suffix
+            ):
                 return True
     return False
 

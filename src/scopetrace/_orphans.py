@@ -193,8 +193,10 @@ class AsyncioWatcher:
         self.task_states = task_states
         self.describe = describe
         self.group_view = group_view
-        #: id(task) of the tasks with our done-callback, until it has run.
-        self.watched: dict[int, None] = {}
+        #: id(task) -> (name, id, coroutine) of the tasks with our done-callback,
+        #: until it has run.  Described while running: a task the eager task
+        #: factory ran to completion has no name or coroutine left at its end.
+        self.watched: dict[int, tuple[str, int, str]] = {}
         #: id(scope) of orphans the exit hook reported before the callback ran.
         self._early: set[int] = set()
         #: What the enter hook compares tasks with before any task was watched.
@@ -207,14 +209,14 @@ class AsyncioWatcher:
         key = id(task)
         if key in self.watched:
             return weakref.ref(task)
-        self.watched[key] = None
+        self.watched[key] = self.describe(task)[:3]
         # Keep anyio's TaskState: anyio deletes it for task-group children in
         # its own done-callback, which runs before ours.
         task.add_done_callback(functools.partial(self._ended, self.task_states.get(task)))
         return weakref.ref(task)
 
     def _ended(self, state: Any, task: Any) -> None:
-        self.watched.pop(id(task), None)
+        described = self.watched.pop(id(task), None)
         try:
             for scope in asyncio_open_scopes(state, task):
                 if id(scope) not in self.orphans.runtime.records:
@@ -224,7 +226,7 @@ class AsyncioWatcher:
                 if id(scope) in self._early:
                     self._early.discard(id(scope))
                     continue
-                self._report(scope, task)
+                self._report(scope, task, described)
         except Exception:
             self.orphans.runtime.internal_error("asyncio task end check")
 
@@ -232,16 +234,21 @@ class AsyncioWatcher:
         """Called when a task exits a scope whose opener has ended: done-callbacks
         run a loop step late, so the orphan warning may not be out yet."""
         try:
-            if id(host) in self.watched and host.done() and id(scope) not in self._early:
+            described = self.watched.get(id(host))
+            if described is not None and host.done() and id(scope) not in self._early:
                 self._early.add(id(scope))
-                self._report(scope, host)
+                self._report(scope, host, described)
         except Exception:
             # The violation report that follows must not be lost with it.
             self.orphans.runtime.internal_error("asyncio orphan report")
 
-    def _report(self, scope: Any, task: Any) -> None:
-        name, task_id, coroutine, _ = self.describe(task)
-        self.orphans.report(scope, (name, task_id, coroutine), self.group_view(scope, task))
+    def _report(self, scope: Any, task: Any, described: tuple[str, int, str] | None) -> None:
+        if described is None:
+            described = self.describe(task)[:3]
+        host, children = self.group_view(scope, task)
+        # The host is the ended task itself: its name as described while it ran.
+        group = (described[0] if host is not None else None, children)
+        self.orphans.report(scope, described, group)
 
 
 def asyncio_open_scopes(state: Any, task: Any) -> Iterator[Any]:
