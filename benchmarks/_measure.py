@@ -17,8 +17,10 @@ rotating order (install/uninstall between them); a round's ratio pairs a mode
 with that round's plain run, and the figure is the median of those ratios.
 
 Memory.  The realistic service in fresh processes, one per mode: peak RSS
-(``ru_maxrss``) without tracemalloc, and tracemalloc's peak with
-``-X tracemalloc`` (so that imports count too, as they do for an operator).
+(``VmHWM``) without tracemalloc, and with ``-X tracemalloc`` (so that
+imports count too, as they do for an operator) the whole process's peak, the
+peak during the load above the heap before it, and what the load left behind
+after a ``gc.collect()``.
 """
 
 from __future__ import annotations
@@ -96,23 +98,48 @@ def run_worker(spec: str) -> None:
         mode.run(workload, WARM_UNITS)
         _workloads.exported_spans()  # count only the measured run's spans
         if job.memory == "tracemalloc":
+            import gc
             import tracemalloc
 
-            before = tracemalloc.get_traced_memory()[0]
+            gc.collect()
+            before, startup_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
             cpu = mode.run(workload, job.n)
-            current, peak = tracemalloc.get_traced_memory()
-            result.update(traced_peak=peak, traced_retained=current - before)
+            load_peak = tracemalloc.get_traced_memory()[1]
+            gc.collect()
+            result.update(
+                process_peak=max(startup_peak, load_peak),
+                load_peak=load_peak - before,
+                retained=tracemalloc.get_traced_memory()[0] - before,
+            )
         elif job.memory == "rss":
-            import resource
-
             cpu = mode.run(workload, job.n)
-            result.update(maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            result.update(maxrss_kib=_peak_rss_kib())
         else:
             _run_collected(lambda: mode.run(workload, 0))  # the first count
             cpu = _run_collected(lambda: mode.run(workload, job.n))  # the second
         result["cpu"] = cpu
         result["spans"] = _workloads.exported_spans()
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set, in KiB.
+
+    Linux's ``ru_maxrss`` survives ``exec``: a worker started from a big
+    benchmark process would report the parent's size.  ``VmHWM`` belongs to
+    the address space, which ``exec`` replaces.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _run_collected(run: Any) -> float:
@@ -219,8 +246,17 @@ class Count:
 def instructions_per_unit(jobs: Iterable[Job], parallel: int) -> dict[Job, Count]:
     """``(count(n) - count(0)) / n`` for every job, running workers in parallel."""
     jobs = list(jobs)
+    done = 0
+
+    def run(job: Job) -> tuple[int, int, dict[str, Any]]:
+        nonlocal done
+        counted = _instructions(job)
+        done += 1  # progress only: a lost update under threads would be harmless
+        print(f"  counted {done}/{len(jobs)}: {job.workload} {job.mode}", file=sys.stderr)
+        return counted
+
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        counted = list(pool.map(_instructions, jobs))
+        counted = list(pool.map(run, jobs))
     return {
         job: Count((full - empty) / job.n, result.get("spans", 0) / job.n)
         for job, (empty, full, result) in zip(jobs, counted)
@@ -230,7 +266,7 @@ def instructions_per_unit(jobs: Iterable[Job], parallel: int) -> dict[Job, Count
 def memory(
     workload: str, n: int, modes: Sequence[str], repeat: int, parallel: int
 ) -> dict[str, dict[str, float]]:
-    """Median peak RSS (KiB) and tracemalloc peak/retained (bytes) per mode."""
+    """Per mode, the medians of peak RSS (KiB) and the tracemalloc figures (bytes)."""
     runs = [
         (mode, job, args)
         for _ in range(repeat)

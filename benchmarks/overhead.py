@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _measure  # noqa: E402
 from _measure import Job  # noqa: E402
@@ -309,24 +310,36 @@ def report(
     # Memory on the realistic service.
     plain_m, traced_m = mem["plain"], mem["traced"]
     rss_ratio = traced_m["maxrss_kib"] / plain_m["maxrss_kib"]
-    peak_ratio = traced_m["traced_peak"] / plain_m["traced_peak"]
+    load_ratio = traced_m["load_peak"] / plain_m["load_peak"]
     rows = [
         [
             mode,
             f"{m['maxrss_kib'] / 1024:,.1f}",
-            f"{m['traced_peak'] / 2**20:,.2f}",
-            f"{m['traced_retained'] / 1024:,.1f}",
+            f"{m['process_peak'] / 2**20:,.2f}",
+            f"{m['load_peak'] / 2**20:,.2f}",
+            f"{m['retained'] / 1024:,.1f}",
         ]
         for mode, m in (("plain", plain_m), ("traced", traced_m))
     ]
-    rows.append(["ratio", _fmt_ratio(rss_ratio), _fmt_ratio(peak_ratio), ""])
+    rows.append(
+        [
+            "ratio",
+            _fmt_ratio(rss_ratio),
+            _fmt_ratio(traced_m["process_peak"] / plain_m["process_peak"]),
+            _fmt_ratio(load_ratio),
+            "",
+        ]
+    )
     lines += _table(
-        "Memory, realistic service (whole process; retained = traced memory after the "
-        "load minus before)",
-        ["mode", "peak RSS MiB", "tracemalloc peak MiB", "retained KiB"],
+        "Memory, realistic service (tracemalloc: whole process incl. imports; during the "
+        "load, above the heap before it; left after it)",
+        ["mode", "peak RSS MiB", "process peak MiB", "load peak MiB", "retained KiB"],
         rows,
     )
-    ratios["memory_ratio"] = max(rss_ratio, peak_ratio)
+    # Imports are a one-off (mostly the OpenTelemetry API and wrapt, which an
+    # instrumented service has anyway): the budget takes the whole process's
+    # RSS and the heap's growth under load, whichever is worse.
+    ratios["memory_ratio"] = max(rss_ratio, load_ratio)
 
     # The violation path.
     rows = []
@@ -360,7 +373,7 @@ def report(
         rows.append([key, _fmt_ratio(value), f"<= {limit:.2f}", "ok" if value <= limit else "OVER"])
     lines += _table(
         "Budget (" + ("instruction counts" if counted is not None else
-                      "CPU time only: not the budget's measure") + "; memory: worse of RSS and tracemalloc)",
+                      "CPU time only: not the budget's measure") + "; memory: worse of peak RSS and load peak)",
         ["ratio", "value", "budget", ""],
         rows,
     )
