@@ -77,7 +77,8 @@ def worker_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("SCOPETRACE_", "PYTHONASYNCIODEBUG", "PYTHONTRACEMALLOC"))
+        # SCOPETRACE itself too: its start-up hook would trace the plain runs.
+        if not k.startswith(("SCOPETRACE", "PYTHONASYNCIODEBUG", "PYTHONTRACEMALLOC"))
     }
     env["PYTHONHASHSEED"] = "0"
     return env

@@ -399,9 +399,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _measure.run_worker(args.worker)
         return 0
 
-    # Defaults are what is measured: settings from the environment do not leak in.
-    for key in [k for k in os.environ if k.startswith("SCOPETRACE_")]:
+    # Defaults are what is measured: settings from the environment do not leak
+    # in, and a start-up activation (SCOPETRACE=1) must not trace the plain runs.
+    for key in [k for k in os.environ if k.startswith("SCOPETRACE")]:
         del os.environ[key]
+    import scopetrace
+
+    if scopetrace.is_installed():
+        scopetrace.uninstall()
+        print("note:     scopetrace was active at start-up (SCOPETRACE); turned off", flush=True)
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     for line in machine():

@@ -39,7 +39,7 @@ LAST_LINE = re.compile(" ".join(rf"{key}=(\S+)" for key in KEYS) + "$")
 
 @pytest.fixture(scope="module")
 def quick_run() -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
     return subprocess.run(
         [sys.executable, SCRIPT, "--quick"],
         capture_output=True,
