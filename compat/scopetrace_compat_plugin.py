@@ -15,15 +15,17 @@ differ only by ``scopetrace.install()``:
   every test's outcome (with the first line of its error) to ``FILE.jsonl`` as
   it happens, so that a run that crashes still says how far it got.
 
-Both runs also collect garbage only between tests (automatic collection off,
-``gc.collect()`` after each test's teardown).  Several of anyio's tests leak
-sockets in reference cycles when this machine's network makes them fail, and
-an unclosed socket's ResourceWarning fails whichever test is running when the
-collector happens to free it.  When that happens depends on how many objects
-were allocated, which tracing changes, so without this the two runs blame
-different tests for the same leak.  Collecting at test boundaries blames the
-test that leaked, in both runs alike.  (anyio's tests that check for
-reference cycles call ``gc.collect()`` themselves and are unaffected.)
+Both runs also collect garbage only between tests: automatic collection is
+off, and after each test's teardown the youngest generation -- everything the
+test allocated -- is collected (a full collection, 100+ ms here, runs every
+``_FULL_GC_EVERY`` tests).  Several of anyio's tests leak sockets in reference
+cycles when this machine's network makes them fail, and an unclosed socket's
+ResourceWarning fails whichever test is running when the collector happens to
+free it.  When that happens depends on how many objects were allocated, which
+tracing changes, so without this the two runs blame different tests for the
+same leak.  Collecting at test boundaries blames the test that leaked, in
+both runs alike.  (anyio's tests that check for reference cycles call
+``gc.collect()`` themselves and are unaffected.)
 
 It works with pytest-xdist: outcomes arrive at the controller as reports, and
 each worker hands what it saw to the controller through ``workeroutput``.
@@ -42,6 +44,8 @@ import pytest
 _outcomes: dict[str, str] = {}
 _messages: dict[str, str] = {}
 _stream: list[Any] = []  # the open FILE.jsonl, on the process that writes it
+_FULL_GC_EVERY = 256
+_tests_done = [0]
 _deselected: list[str] = []
 _violations: Counter[str] = Counter()
 _workers: list[dict[str, Any]] = []
@@ -115,7 +119,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     # After the fixtures' teardown (a plain hook), before pytest's unraisable-
     # exception check (also trylast, but registered earlier, so called later).
-    gc.collect()
+    _tests_done[0] += 1
+    gc.collect(2 if _tests_done[0] % _FULL_GC_EVERY == 0 else 0)
 
 
 def _write(line: dict[str, str]) -> None:
