@@ -1,5 +1,10 @@
 """Interpreter start-up hook of scopetrace: ``SCOPETRACE=1`` turns tracing on.
 
+PYTEST_DONT_REWRITE: site.py imports this module before pytest starts, and
+pytest (which marks every module of a distribution with a pytest11 entry
+point for assertion rewriting) would otherwise warn that it cannot rewrite
+it -- an error in every test suite run with ``-W error`` / filterwarnings=error.
+
 site.py calls :func:`start` in every Python process of an environment where
 scopetrace is installed: from the ``import`` line of ``scopetrace.pth``, or, on
 Pythons that implement PEP 829 (3.15+), from the entry point in

@@ -8,6 +8,9 @@ stack that entered it; when a scope is exited by another task, or out of
 nesting order, scopetrace reports both tasks, both stacks and the likely cause
 as an OpenTelemetry span, event, metric and log record, and anyio raises
 exactly as before.
+
+PYTEST_DONT_REWRITE: with ``SCOPETRACE=1`` site.py imports this package before
+pytest starts (see _scopetrace_startup).
 """
 
 from __future__ import annotations
