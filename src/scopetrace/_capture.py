@@ -49,12 +49,24 @@ def _py_capture(var: ContextVar[Any], depth: int) -> Record:
 
 try:
     from ._speedups import capture as _c_capture
+    from ._speedups import stop_at as _c_stop_at
 except ImportError:  # no compiler at install time, or an unsupported interpreter
-    _c_capture = None
+    _c_capture = _c_stop_at = None
 
 #: ``capture(contextvar, depth) -> Record`` — the hot-path recorder.
 capture: Callable[[ContextVar[Any], int], Record] = _c_capture or _py_capture
 ACCELERATED = _c_capture is not None
+
+#: Code of the event loops' task-stepping frames: stacks stop there.
+_loop_codes: set[CodeType] = set()
+
+
+def stop_at_loop_frame(code: CodeType) -> None:
+    """Make every capture stop at frames running ``code``: an event loop's
+    task-stepping function, beyond which every task's stack is the same."""
+    _loop_codes.add(code)
+    if _c_stop_at is not None:
+        _c_stop_at(code)
 
 
 def _line_of(code: CodeType, lasti: int) -> int:
@@ -103,8 +115,12 @@ def live_stack(depth: int, skip: int = 1) -> tuple[Any, ...]:
     except ValueError:  # fewer frames than skipped: entered from C at the stack's bottom
         return ()
     out: list[Any] = []
+    loop_codes = _loop_codes
     while f is not None and depth > 0:
-        out.append(f.f_code)
+        code = f.f_code
+        if code in loop_codes:
+            break
+        out.append(code)
         out.append(f.f_lasti)
         f = f.f_back
         depth -= 1

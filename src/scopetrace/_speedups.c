@@ -33,6 +33,26 @@
  * requests still work, by moving the buffer to the heap. */
 #define STACK_FRAMES 32
 
+/* Code objects of the event loops' task-stepping frames (asyncio's
+ * Handle._run, trio's unrolled_run): the walk stops there.  What lies beyond
+ * is the same for every task, and on 3.11+ each of those frames would get a
+ * frame object created at every step of the loop.  Strong references, never
+ * released: they are module-level functions of the loops. */
+#define MAX_LOOP_FRAMES 8
+static PyObject *loop_codes[MAX_LOOP_FRAMES];
+static int n_loop_codes = 0;
+
+static inline int
+is_loop_code(PyObject *code)
+{
+    for (int i = 0; i < n_loop_codes; i++) {
+        if (loop_codes[i] == code) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* frame.f_lasti exactly as Python reports it: a byte offset into co_code (so
  * that code.co_lines() resolves it), or -1 when no instruction has run. */
 static inline int
@@ -140,11 +160,17 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             pairs = bigger;
             capacity = grown;
         }
+        PyObject *code = (PyObject *)PyFrame_GetCode(frame); /* never NULL */
+        if (n_loop_codes && is_loop_code(code)) {
+            Py_DECREF(code);
+            break;
+        }
         PyObject *lasti = PyLong_FromLong(frame_lasti(frame));
         if (lasti == NULL) {
+            Py_DECREF(code);
             goto error;
         }
-        pairs[2 * n] = (PyObject *)PyFrame_GetCode(frame); /* never NULL */
+        pairs[2 * n] = code;
         pairs[2 * n + 1] = lasti;
         n++;
         frame = step_back(frame);
@@ -186,19 +212,42 @@ error:
     return NULL;
 }
 
+PyDoc_STRVAR(stop_at_doc,
+"stop_at($module, code, /)\n"
+"--\n"
+"\n"
+"Stop every later capture() at frames running this code object (an event\n"
+"loop's task-stepping function); idempotent.");
+
+static PyObject *
+stop_at(PyObject *Py_UNUSED(module), PyObject *code)
+{
+    if (!PyCode_Check(code)) {
+        PyErr_SetString(PyExc_TypeError, "stop_at() takes a code object");
+        return NULL;
+    }
+    if (!is_loop_code(code)) {
+        if (n_loop_codes == MAX_LOOP_FRAMES) {
+            PyErr_SetString(PyExc_OverflowError, "too many loop frames");
+            return NULL;
+        }
+        Py_INCREF(code);
+        loop_codes[n_loop_codes++] = code;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"capture", (PyCFunction)(void (*)(void))capture, METH_FASTCALL, capture_doc},
+    {"stop_at", (PyCFunction)stop_at, METH_O, stop_at_doc},
     {NULL, NULL, 0, NULL},
 };
 
-/* The module has no state, so it is safe in subinterpreters and without the
- * GIL; say so where the interpreter asks. */
+/* loop_codes is process-wide state holding one interpreter's objects, and it
+ * is updated under the GIL: say so where the interpreter asks. */
 static PyModuleDef_Slot speedups_slots[] = {
 #if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
     {0, NULL},
 };

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import semconv
-from .._capture import live_stack
+from .._capture import live_stack, stop_at_loop_frame
 from .._orphans import AsyncioWatcher, Orphans
 from .._runtime import Runtime
 from .._violation import (
@@ -55,6 +55,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     cap = runtime.options.max_open_scopes
     evict = runtime.evict
     internal_error = runtime.internal_error
+    stop_at_loop_frame(asyncio.events.Handle._run.__code__)
     watcher = AsyncioWatcher(Orphans(runtime, BACKEND), task_states, _describe, _task_group_view)
     watch = watcher.watch
     #: Weak reference to the task watch() last saw: a loop of scopes in one

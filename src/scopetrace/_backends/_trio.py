@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import semconv
-from .._capture import live_stack
+from .._capture import live_stack, stop_at_loop_frame
 from .._orphans import Orphans, patch_trio_task_exit
 from .._runtime import Runtime
 from .._violation import (
@@ -35,6 +35,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     cls = module.CancelScope
     current_task = module.lowlevel.current_task
     protect = module.lowlevel.enable_ki_protection
+    stop_at_loop_frame(module._core._run.unrolled_run.__code__)
     original_enter = cls.__dict__["__enter__"]
     original_close = cls.__dict__["_close"]
     records = runtime.records
