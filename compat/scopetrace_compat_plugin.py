@@ -88,7 +88,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     select_path = config.getoption("compat_select")
     names = _load(deselect_path) if deselect_path else set()
     only = _load(select_path) if select_path else None
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         dropped = item.nodeid.split("[", 1)[0] in names
         if only is not None and item.nodeid not in only:
