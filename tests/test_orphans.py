@@ -220,8 +220,9 @@ def test_many_tasks_leave_nothing_behind(backend: Any, traced: Any) -> None:
 
 def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) -> None:
     """anyio runs each child inside a scope of its own, so the child's exit of it
-    is refused (a misnest violation, on both backends); on asyncio the scope the
-    child left open is then also reported as orphaned, once."""
+    is refused (a misnest violation, on both backends), naming the child; task-
+    group children are not watched for orphans (that refusal already reports
+    them), which keeps the per-task cost off task-group fan-outs."""
     kept: list[anyio.CancelScope] = []
 
     async def child() -> None:
@@ -240,8 +241,6 @@ def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) ->
     assert [v.attributes[semconv.VIOLATION_KIND] for v in violations] == [
         semconv.KIND_NOT_INNERMOST
     ]
-    orphans = traced.finished(semconv.ORPHANED_SPAN)
-    if backend[0] == "asyncio":
-        assert len(orphans) == 1
-        child = qualname("test_task_group_child_that_leaves_a_scope_open.<locals>.child")
-        assert f"in {child}" in orphans[0].attributes[semconv.OPENER_SITE]
+    child = qualname("test_task_group_child_that_leaves_a_scope_open.<locals>.child")
+    assert child in violations[0].attributes[semconv.OPENER_TASK_NAME]
+    assert traced.finished(semconv.ORPHANED_SPAN) == []
