@@ -241,6 +241,44 @@ def opener_stack(record: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     return None if record is None else record[FRAMES_AT:]
 
 
+#: (name, id, coroutine, running) of a task, as the backends describe it.
+TaskDescription = tuple[str, int, str, "bool | None"]
+
+
+def assemble(
+    *,
+    kind: str,
+    backend: str,
+    opener: TaskDescription,
+    closer: TaskDescription,
+    closer_is_finalizer: bool,
+    siblings: bool,
+    record: tuple[Any, ...] | None,
+    closer_raw: tuple[Any, ...],
+    exc: BaseException,
+    group: tuple[str | None, tuple[str, ...]],
+    closer_context: Any,
+) -> Violation:
+    """The Violation both backends build from what they found."""
+    thread_id, thread_name = current_thread()
+    return Violation(
+        kind=kind,
+        cause=classify(kind, closer_is_finalizer, opener[3], siblings),
+        backend=backend,
+        opener=side(*opener[:3], opener_stack(record), opener[3]),
+        closer=side(*closer[:3], closer_raw, closer[3]),
+        message=str(exc),
+        entered_at_ns=record[0] if record else None,
+        thread_id=thread_id,
+        thread_name=thread_name,
+        task_group_host=group[0],
+        task_group_children=group[1],
+        opener_context=record[1] if record else None,
+        closer_context=closer_context,
+        exception=exc,
+    )
+
+
 def current_thread() -> tuple[int, str]:
     t = threading.current_thread()
     return threading.get_ident(), t.name

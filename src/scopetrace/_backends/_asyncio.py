@@ -20,11 +20,8 @@ from .._orphans import AsyncioWatcher, Orphans
 from .._runtime import Runtime
 from .._violation import (
     Violation,
-    classify,
+    assemble,
     coroutine_name,
-    current_thread,
-    opener_stack,
-    side,
 )
 
 MODULE = "anyio._backends._asyncio"
@@ -211,28 +208,16 @@ def _build(
     task_states: Any,
     runtime: Runtime,
 ) -> Violation:
-    o_name, o_id, o_coro, o_running = _describe(host)
-    c_name, c_id, c_coro, c_running = _describe(closer) if closer is not None else (
-        "<no task>", 0, "<none>", None
-    )
-    finalizer = closer is not None and _is_finalizer(closer)
-    siblings = kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states)
-    cause = classify(kind, finalizer, o_running, siblings)
-    tg_host, tg_children = _task_group_view(scope, host)
-    thread_id, thread_name = current_thread()
-    return Violation(
+    return assemble(
         kind=kind,
-        cause=cause,
         backend=BACKEND,
-        opener=side(o_name, o_id, o_coro, opener_stack(record), o_running),
-        closer=side(c_name, c_id, c_coro, closer_raw, c_running),
-        message=str(exc),
-        entered_at_ns=record[0] if record else None,
-        thread_id=thread_id,
-        thread_name=thread_name,
-        task_group_host=tg_host,
-        task_group_children=tg_children,
-        opener_context=record[1] if record else None,
+        opener=_describe(host),
+        closer=_describe(closer) if closer is not None else ("<no task>", 0, "<none>", None),
+        closer_is_finalizer=closer is not None and _is_finalizer(closer),
+        siblings=kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states),
+        record=record,
+        closer_raw=closer_raw,
+        exc=exc,
+        group=_task_group_view(scope, host),
         closer_context=runtime.context_var.get(None),
-        exception=exc,
     )

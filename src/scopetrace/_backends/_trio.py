@@ -20,11 +20,8 @@ from .._orphans import Orphans, patch_trio_task_exit
 from .._runtime import Runtime
 from .._violation import (
     Violation,
-    classify,
+    assemble,
     coroutine_name,
-    current_thread,
-    opener_stack,
-    side,
 )
 
 MODULE = "trio"
@@ -167,25 +164,16 @@ def _build(
     exc: BaseException,
     runtime: Runtime,
 ) -> Violation:
-    o_name, o_id, o_coro, o_running = _describe(opener)
-    c_name, c_id, c_coro, c_running = _describe(closer)
-    siblings = kind == semconv.KIND_WRONG_TASK and opener is not None and _siblings(opener, closer)
-    cause = classify(kind, _is_finalizer(closer), o_running, siblings)
-    tg_host, tg_children = _task_group_view(scope, opener) if opener is not None else (None, ())
-    thread_id, thread_name = current_thread()
-    return Violation(
+    return assemble(
         kind=kind,
-        cause=cause,
         backend=BACKEND,
-        opener=side(o_name, o_id, o_coro, opener_stack(record), o_running),
-        closer=side(c_name, c_id, c_coro, closer_raw, c_running),
-        message=str(exc),
-        entered_at_ns=record[0] if record else None,
-        thread_id=thread_id,
-        thread_name=thread_name,
-        task_group_host=tg_host,
-        task_group_children=tg_children,
-        opener_context=record[1] if record else None,
+        opener=_describe(opener),
+        closer=_describe(closer),
+        closer_is_finalizer=_is_finalizer(closer),
+        siblings=kind == semconv.KIND_WRONG_TASK and opener is not None and _siblings(opener, closer),
+        record=record,
+        closer_raw=closer_raw,
+        exc=exc,
+        group=_task_group_view(scope, opener) if opener is not None else (None, ()),
         closer_context=runtime.context_var.get(None),
-        exception=exc,
     )
