@@ -28,7 +28,7 @@ from opentelemetry import trace
 from . import semconv
 from ._export import tracing_configured
 from ._runtime import Runtime
-from ._violation import TaskInfo, current_thread, opener_stack, side
+from ._violation import TaskInfo, common_attributes, current_thread, opener_stack, side
 
 _log = logging.getLogger(semconv.LOGGER_NAME)
 
@@ -47,22 +47,11 @@ class Orphan:
     opener_context: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def attributes(self) -> dict[str, Any]:
-        o = self.opener
-        attrs: dict[str, Any] = {
-            semconv.BACKEND: self.backend,
-            semconv.OPENER_TASK_NAME: o.name,
-            semconv.OPENER_TASK_ID: o.id,
-            semconv.OPENER_TASK_COROUTINE: o.coroutine,
-            semconv.OPENER_STACKTRACE: o.stacktrace,
-            semconv.OPENER_SITE: o.site,
-            semconv.OPENER_RUNNING: False,
-            semconv.THREAD_ID: self.thread_id,
-            semconv.THREAD_NAME: self.thread_name,
-        }
-        if self.task_group_host is not None:
-            attrs[semconv.TASK_GROUP_HOST] = self.task_group_host
-            attrs[semconv.TASK_GROUP_CHILDREN] = list(self.task_group_children)
-        return attrs
+        opener = dataclasses.replace(self.opener, running=False)
+        return common_attributes(
+            self.backend, opener, self.thread_id, self.thread_name,
+            self.task_group_host, self.task_group_children,
+        )
 
     def summary(self) -> str:
         return (

@@ -87,34 +87,20 @@ class Violation:
 
     def attributes(self) -> dict[str, Any]:
         """The span/event/log attributes, keyed by :mod:`scopetrace.semconv`."""
-        o, c = self.opener, self.closer
         attrs: dict[str, Any] = {
             semconv.VIOLATION_KIND: self.kind,
             semconv.VIOLATION_CAUSE: self.cause,
-            semconv.BACKEND: self.backend,
-            semconv.OPENER_TASK_NAME: o.name,
-            semconv.OPENER_TASK_ID: o.id,
-            semconv.OPENER_TASK_COROUTINE: o.coroutine,
-            semconv.OPENER_STACKTRACE: o.stacktrace,
-            semconv.OPENER_SITE: o.site,
-            semconv.CLOSER_TASK_NAME: c.name,
-            semconv.CLOSER_TASK_ID: c.id,
-            semconv.CLOSER_TASK_COROUTINE: c.coroutine,
-            semconv.CLOSER_STACKTRACE: c.stacktrace,
-            semconv.CLOSER_SITE: c.site,
-            semconv.THREAD_ID: self.thread_id,
-            semconv.THREAD_NAME: self.thread_name,
+            **common_attributes(
+                self.backend, self.opener, self.thread_id, self.thread_name,
+                self.task_group_host, self.task_group_children,
+            ),
+            **side_attributes(self.closer, CLOSER_KEYS),
         }
-        if o.running is not None:
-            attrs[semconv.OPENER_RUNNING] = o.running
-        closer_site = _first_user_frame(c.frames)
+        closer_site = _first_user_frame(self.closer.frames)
         if closer_site is not None:
             attrs[semconv.CODE_FILEPATH] = closer_site.filename
             attrs[semconv.CODE_LINENO] = closer_site.lineno
             attrs[semconv.CODE_FUNCTION] = closer_site.function
-        if self.task_group_host is not None:
-            attrs[semconv.TASK_GROUP_HOST] = self.task_group_host
-            attrs[semconv.TASK_GROUP_CHILDREN] = list(self.task_group_children)
         if self.advice:
             attrs[semconv.ADVICE] = self.advice
         return attrs
@@ -176,6 +162,50 @@ class Violation:
         lines.append("  exiting stack (most recent call last):")
         lines.append(_indent(self.closer.stacktrace))
         return "\n".join(lines)
+
+
+OPENER_KEYS = (
+    semconv.OPENER_TASK_NAME,
+    semconv.OPENER_TASK_ID,
+    semconv.OPENER_TASK_COROUTINE,
+    semconv.OPENER_STACKTRACE,
+    semconv.OPENER_SITE,
+)
+CLOSER_KEYS = (
+    semconv.CLOSER_TASK_NAME,
+    semconv.CLOSER_TASK_ID,
+    semconv.CLOSER_TASK_COROUTINE,
+    semconv.CLOSER_STACKTRACE,
+    semconv.CLOSER_SITE,
+)
+
+
+def side_attributes(info: TaskInfo, keys: tuple[str, ...]) -> dict[str, Any]:
+    """One task's five attributes, under the opener's or the closer's keys."""
+    return dict(zip(keys, (info.name, info.id, info.coroutine, info.stacktrace, info.site)))
+
+
+def common_attributes(
+    backend: str,
+    opener: TaskInfo,
+    thread_id: int,
+    thread_name: str,
+    group_host: str | None,
+    group_children: tuple[str, ...],
+) -> dict[str, Any]:
+    """What violation and orphan reports share: backend, opener, thread, task group."""
+    attrs: dict[str, Any] = {
+        semconv.BACKEND: backend,
+        **side_attributes(opener, OPENER_KEYS),
+        semconv.THREAD_ID: thread_id,
+        semconv.THREAD_NAME: thread_name,
+    }
+    if opener.running is not None:
+        attrs[semconv.OPENER_RUNNING] = opener.running
+    if group_host is not None:
+        attrs[semconv.TASK_GROUP_HOST] = group_host
+        attrs[semconv.TASK_GROUP_CHILDREN] = list(group_children)
+    return attrs
 
 
 def _indent(text: str) -> str:
