@@ -14,6 +14,7 @@ hook reports the orphan first, then the violation.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -201,7 +202,13 @@ class AsyncioWatcher:
         self.watched[key] = self.describe(task)[:3]
         # Keep anyio's TaskState: anyio deletes it for task-group children in
         # its own done-callback, which runs before ours.
-        task.add_done_callback(functools.partial(self._ended, self.task_states.get(task)))
+        # An empty context: by default the callback would hold a copy of the
+        # application's context, and every ContextVar value in it, for as long
+        # as the task lives (anyio's test_run_sync_worker_cyclic_references).
+        task.add_done_callback(
+            functools.partial(self._ended, self.task_states.get(task)),
+            context=contextvars.Context(),
+        )
         return weakref.ref(task)
 
     def _ended(self, state: Any, task: Any) -> None:

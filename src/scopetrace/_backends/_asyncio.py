@@ -53,6 +53,7 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     evict = runtime.evict
     internal_error = runtime.internal_error
     stop_at_loop_frame(asyncio.events.Handle._run.__code__)
+    watch_children = not anyio_wraps_children()
     watcher = AsyncioWatcher(Orphans(runtime, BACKEND), task_states, _describe, _task_group_view)
     watch = watcher.watch
     #: Weak reference to the task watch() last saw: a loop of scopes in one
@@ -89,13 +90,17 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
             records[id(self)] = capture(var, depth)
             if len(records) > cap:
                 evict()
-            # A plain task's outermost scope (gather() children, create_task):
-            # make sure its end gets checked for scopes left open (watch()
-            # registers once per task).  Task-group children are not watched:
-            # anyio >= 4.14 closes a scope of its own around each child, so a
-            # scope a child leaves open is refused there, at the child's end;
-            # watching them too cost 8% on a task-group fan-out.
-            if self._parent_scope is None and self._host_task is not last_watched():
+            # A task's outermost scope: make sure its end gets checked for
+            # scopes left open (watch() registers once per task).  Plain tasks
+            # (gather() children, create_task) have no parent scope there.
+            # Task-group children are watched only where anyio < 4.14: from
+            # 4.14 anyio closes a scope of its own around each child, so a
+            # scope a child leaves open is refused there already, and watching
+            # every child cost 8% of a task-group fan-out.
+            parent = self._parent_scope
+            if (
+                parent is None or (watch_children and parent._host_task is not self._host_task)
+            ) and self._host_task is not last_watched():
                 last_watched = watch(self._host_task)
         except Exception:
             internal_error("asyncio enter hook")
@@ -124,6 +129,16 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
             cls.__exit__ = original_exit
 
     return unpatch
+
+
+def anyio_wraps_children() -> bool:
+    """Whether anyio (>= 4.14) runs each task-group child inside its own scope."""
+    try:
+        from importlib.metadata import version
+
+        return tuple(int(p) for p in version("anyio").split(".")[:2]) >= (4, 14)
+    except Exception:
+        return False
 
 
 def _describe(task: Any) -> tuple[str, int, str, bool | None]:
