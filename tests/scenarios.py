@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import sniffio
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 Scenario = Callable[[list[BaseException]], Awaitable[None]]
+
+
+def qualname(name: str) -> str:
+    """How a frame's function shows in a stack: Python 3.10 has no co_qualname."""
+    return name if sys.version_info >= (3, 11) else name.rpartition(".")[2]
 
 
 def backend_name() -> str:

@@ -100,14 +100,18 @@ def test_hook_never_raises_when_scopetrace_cannot_start() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(
             """
-            import sys
+            import os, sys
             sys.modules["scopetrace._activate"] = None
             import _scopetrace_startup
+            # Where the wheel is installed, the .pth already ran the hook at
+            # start-up (with SCOPETRACE unset): run it afresh.
+            _scopetrace_startup._started = False
+            os.environ["SCOPETRACE"] = "1"
             _scopetrace_startup.start()
             print("application runs")
             """
         )],
-        env={**os.environ, "SCOPETRACE": "1"},
+        env={k: v for k, v in os.environ.items() if k != "SCOPETRACE"},
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -12,6 +13,9 @@ from scopetrace import Violation
 from scopetrace._install import current_runtime
 
 from . import scenarios
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 VIOLATING = [
     scenarios.sibling_gather,
@@ -86,7 +90,7 @@ async def _clean_workload(results: list[Any]) -> None:
             async with anyio.create_task_group() as failing:
                 failing.start_soon(anyio.sleep, 10)
                 raise ValueError("boom")
-        except BaseExceptionGroup as group:  # noqa: F821 - builtin or backport
+        except BaseExceptionGroup as group:
             results.append(("group", scenarios.shape(group)))
 
 

@@ -10,8 +10,11 @@ same instruction (a loop over them), so even ``lasti`` must agree.
 from __future__ import annotations
 
 import _thread
+import asyncio
+import collections
 import contextvars
 import gc
+import itertools
 import sys
 import threading
 import time
@@ -140,6 +143,151 @@ def test_fallback_when_not_built():
     if c_capture is None:
         assert not _capture.ACCELERATED
         assert _capture.capture is _py_capture
+
+
+# -- frames entered from C ------------------------------------------------------
+# On 3.11 to 3.13 the accelerator walks the interpreter's own frame chain, where
+# a call from C into Python leaves frames CPython hides (3.12+: a C-stack entry
+# frame per call from C); generator and coroutine frames are linked in only
+# while they run.
+
+
+@needs_c
+def test_same_record_in_generator_driven_from_c():
+    def gen():
+        while True:
+            yield both(VAR, 16)
+
+    records = list(itertools.islice(gen(), 3))  # islice and list step it from C
+    for c_rec, py_rec in records:
+        assert_same(c_rec, py_rec)
+        assert c_rec[FRAMES_AT] is both.__code__
+        assert c_rec[FRAMES_AT + 2] is gen.__code__
+        assert c_rec[FRAMES_AT + 4] is sys._getframe().f_code
+
+    g = gen()
+    next(g)
+    c_rec, py_rec = g.send("resumed")  # generator.send, a C method, from here
+    assert_same(c_rec, py_rec)
+    assert c_rec[FRAMES_AT + 4] is sys._getframe().f_code
+
+
+@needs_c
+def test_same_record_through_yield_from():
+    def inner():
+        yield both(VAR, 16)
+
+    def outer():
+        yield from inner()
+
+    (c_rec, py_rec), = list(outer())
+    assert_same(c_rec, py_rec)
+    names = [code.co_name for code, _ in frames(c_rec)[:3]]
+    assert names == ["both", "inner", "outer"]
+
+
+@needs_c
+def test_same_record_in_callback_called_from_c():
+    def key(x):
+        records.append(both(VAR, 16))
+        return x
+
+    records = []
+    sorted([3, 1, 2], key=key)  # key runs in a frame entered from C
+    assert len(records) == 3
+    for c_rec, py_rec in records:
+        assert_same(c_rec, py_rec)
+        assert [code.co_name for code, _ in frames(c_rec)[:3]] == [
+            "both", "key", sys._getframe().f_code.co_name]
+
+
+def both_through_c(depth):
+    """Like :func:`both`, but the wrapper itself is called from C (``map``)."""
+    out = []
+    for fn in (c_capture, _py_capture):
+        out.extend(map(enter, [fn], [VAR], [depth]))
+    return out
+
+
+@needs_c
+def test_same_record_when_wrapper_is_called_from_c():
+    c_rec, py_rec = both_through_c(16)
+    assert_same(c_rec, py_rec)
+    assert c_rec[FRAMES_AT] is both_through_c.__code__
+
+
+@needs_c
+def test_same_record_under_c_task_step():
+    # asyncio's C Task steps the coroutine with coro.send() from C, called by
+    # the loop's Handle._run.
+    async def inner():
+        await asyncio.sleep(0)  # a second step: resumed by a later task_step
+        return both(VAR, 32)
+
+    async def main():
+        assert type(asyncio.current_task()).__module__ == "_asyncio"
+        return await inner()
+
+    c_rec, py_rec = asyncio.run(main())
+    assert_same(c_rec, py_rec)
+    assert [code.co_name for code, _ in frames(c_rec)[:3]] == ["both", "inner", "main"]
+
+
+def _stop_here(fn):
+    # A stand-in loop frame: registered for both implementations below.
+    return fn()
+
+
+@needs_c
+def test_same_record_stops_at_loop_frame():
+    _capture.stop_at_loop_frame(_stop_here.__code__)
+
+    def site():
+        return both(VAR, 32)
+
+    c_rec, py_rec = _stop_here(site)
+    assert_same(c_rec, py_rec)
+    assert [code.co_name for code, _ in frames(c_rec)] == ["both", "site"]
+
+
+@needs_c
+def test_nothing_but_c_below():
+    # A thread whose only frames are C: deque.extend consumes a map that calls
+    # capture directly.  No Python frame anywhere, so no frames recorded.
+    out = collections.deque()
+    _thread.start_new_thread(out.extend, (map(c_capture, [VAR], [16]),))
+    deadline = time.monotonic() + 10
+    while not out:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert len(out[0]) == FRAMES_AT
+
+
+def _fresh(k, fn):
+    """``fn()`` under ``k`` fresh frames of small code (``lasti`` < 256: cached ints)."""
+    return fn() if k == 0 else _fresh(k - 1, fn)
+
+
+@needs_c
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="3.14+ walks frame objects")
+def test_creates_no_frame_objects():
+    # On 3.11+ a function's frame object is made on demand; the public API's
+    # walk made one for every frame it passed (pymalloc blocks, alive as long
+    # as the frames).  The accelerator must only allocate the record: one
+    # tuple and the time stamp (the lasti values are cached small ints).
+    def measure():
+        before = sys.getallocatedblocks()
+        record = enter(c_capture, VAR, 30)
+        return sys.getallocatedblocks() - before, record
+
+    deltas = []
+    for _ in range(5):  # the least of a few: another thread could allocate
+        delta, record = _fresh(40, measure)
+        assert len(record) == FRAMES_AT + 2 * 30
+        assert all(-1 <= lasti < 256 for _, lasti in frames(record))
+        deltas.append(delta)
+    # Record (2 blocks) + the `before` int (1): 30 frame objects would be 33.
+    assert min(deltas) <= 4, deltas
 
 
 # -- shape, depth, shallow stacks -----------------------------------------------

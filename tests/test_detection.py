@@ -44,11 +44,12 @@ def test_sibling_gather(backend: Any, violations: list[Violation]) -> None:
     assert v.backend == ("trio" if backend[0] == "trio" else "asyncio")
     assert v.opener.id != v.closer.id
     assert v.opener.running is False  # call 0 finished before call 3 closed
-    assert "RefCounted.__aenter__" in v.opener.site
-    assert "RefCounted.__aexit__" in v.closer.site
+    assert scenarios.qualname("RefCounted.__aenter__") in v.opener.site
+    assert scenarios.qualname("RefCounted.__aexit__") in v.closer.site
     assert v.opener.site.startswith(scenarios.__file__)
-    assert "in RefCounted.__aenter__" in v.opener.stacktrace
-    assert "call.<locals>.run" in v.opener.stacktrace  # the tool call that entered
+    assert "in " + scenarios.qualname("RefCounted.__aenter__") in v.opener.stacktrace
+    # the tool call that entered
+    assert "in " + scenarios.qualname("call.<locals>.run") in v.opener.stacktrace
     assert v.message == str(caught[0])
 
 
@@ -137,4 +138,4 @@ def test_stack_depth_zero_still_reports(backend: Any) -> None:
     scenarios.run(scenarios.sibling_gather, backend)
     v = _only(seen)
     assert v.opener.stacktrace == "" and v.opener.site == "<not recorded>"
-    assert "RefCounted.__aexit__" in v.closer.site
+    assert scenarios.qualname("RefCounted.__aexit__") in v.closer.site

@@ -18,12 +18,7 @@ import pytest
 from scopetrace import semconv
 from scopetrace._backends._asyncio import anyio_wraps_children
 
-from .scenarios import RefCounted, plain_tasks
-
-
-def qualname(name: str) -> str:
-    """How a frame's function shows in a stack: Python 3.10 has no co_qualname."""
-    return name if sys.version_info >= (3, 11) else name.rpartition(".")[2]
+from .scenarios import RefCounted, plain_tasks, qualname
 
 
 def run(backend: Any, func: Any) -> None:
