@@ -49,7 +49,7 @@ def test_sibling_gather(backend: Any, violations: list[Violation]) -> None:
     assert v.opener.site.startswith(scenarios.__file__)
     assert "in " + scenarios.qualname("RefCounted.__aenter__") in v.opener.stacktrace
     # the tool call that entered
-    assert "in " + scenarios.qualname("call.<locals>.run") in v.opener.stacktrace
+    assert scenarios.qualname("call.<locals>.run") in v.opener.stacktrace
     assert v.message == str(caught[0])
 
 
