@@ -25,6 +25,34 @@
 #include <string.h>
 #include <time.h>
 
+/* On 3.11 to 3.13 the walk reads the interpreter's own frame chain
+ * (_PyInterpreterFrame), because the public API (PyEval_GetFrame,
+ * PyFrame_GetBack) creates a frame object, ~450 instructions, for every frame
+ * that has none yet: the wrapper's own frame on every call, and every fresh
+ * frame of the stack.  That chain is private and changes with every minor
+ * version, so this is only done for the versions whose layout was checked
+ * against their headers; the extension is compiled per minor version (the
+ * wheel is version-tagged), so the headers used are the ones of the
+ * interpreter that loads it.  3.10, unknown versions (3.14+) and free-threaded
+ * builds walk frame objects through the public API. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 \
+    && !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
+#  define WALK_INTERPRETER_FRAMES 1
+/* The internal headers refuse to compile without it.  Defined only around
+ * them, so that the rest of this file sees the public API. */
+#  ifndef Py_BUILD_CORE
+#    define Py_BUILD_CORE
+#    define UNDEF_PY_BUILD_CORE
+#  endif
+#  include <internal/pycore_frame.h>
+#  ifdef UNDEF_PY_BUILD_CORE
+#    undef Py_BUILD_CORE
+#    undef UNDEF_PY_BUILD_CORE
+#  endif
+#else
+#  define WALK_INTERPRETER_FRAMES 0
+#endif
+
 #if !defined(CLOCK_REALTIME)
 #error "scopetrace._speedups needs clock_gettime(CLOCK_REALTIME); the pure-Python fallback is used instead"
 #endif
@@ -53,10 +81,146 @@ is_loop_code(PyObject *code)
     return 0;
 }
 
-/* frame.f_lasti exactly as Python reports it: a byte offset into co_code (so
- * that code.co_lines() resolves it), or -1 when no instruction has run. */
+/* Same clock as time.time_ns() on POSIX. */
+static PyObject *
+now_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+}
+
+/* The walk, over one of two representations of the stack.  A `Cursor` is the
+ * current frame; the same five operations on both:
+ *
+ *   walk_start()    the caller of the function that calls capture(): the
+ *                   one frame skipped is that function (the __enter__ wrapper)
+ *   walk_back(f)    the next frame out, consuming f
+ *   walk_code(f)    a new reference to its code object
+ *   walk_lasti(f)   frame.f_lasti exactly as Python reports it: a byte offset
+ *                   into co_code (so that code.co_lines() resolves it), or -1
+ *                   when no instruction has run
+ *   walk_release(f) drop f when the walk stops early
+ *
+ * NULL is the bottom of the stack, or (public path only) an error when an
+ * exception is set. */
+
+#if WALK_INTERPRETER_FRAMES
+
+/* Borrowed: every frame of the chain outlives this call. */
+typedef _PyInterpreterFrame *Cursor;
+
+/* Frames CPython's own walks (sys._getframe, PyFrame_GetBack, f_back) never
+ * show: the C-stack entry frames of 3.12+ and frames not yet at their first
+ * RESUME.  3.13's _PyFrame_IsIncomplete tests the owner first; 3.12's reaches
+ * the same answer for entry frames through their shim code; testing it first
+ * on both never reads a shim frame's code.  3.13's f_executable is "a code
+ * object or None", and only a code object has the fields read next: anything
+ * else is not a Python frame either. */
 static inline int
-frame_lasti(PyFrameObject *frame)
+is_hidden(_PyInterpreterFrame *f)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (f->owner == FRAME_OWNED_BY_CSTACK) {
+        return 1;
+    }
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    if (!PyCode_Check(f->f_executable)) {
+        return 1;
+    }
+#endif
+    return _PyFrame_IsIncomplete(f);
+}
+
+/* The frame itself or the first visible one out from it: CPython's
+ * _PyFrame_GetFirstComplete, with the stricter test above. */
+static inline Cursor
+first_visible(_PyInterpreterFrame *f)
+{
+    while (f != NULL && is_hidden(f)) {
+        f = f->previous;
+    }
+    return f;
+}
+
+static inline Cursor
+walk_start(void)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = tstate->current_frame;
+#else
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+#endif
+    f = first_visible(f); /* the wrapper, as PyEval_GetFrame() finds it */
+    return f == NULL ? NULL : first_visible(f->previous);
+}
+
+static inline Cursor
+walk_back(Cursor f)
+{
+    return first_visible(f->previous);
+}
+
+static inline PyObject *
+walk_code(Cursor f)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_NewRef(f->f_executable); /* a code object: is_hidden() checked */
+#else
+    return Py_NewRef((PyObject *)f->f_code);
+#endif
+}
+
+/* PyFrame_GetLasti() and the f_lasti getter of 3.11 to 3.13: the
+ * _PyInterpreterFrame_LASTI() index in code units, negative ones as -1. */
+static inline int
+walk_lasti(Cursor f)
+{
+    int lasti = _PyInterpreterFrame_LASTI(f);
+    if (lasti < 0) {
+        return -1;
+    }
+    return lasti * (int)sizeof(_Py_CODEUNIT);
+}
+
+#define walk_release(f) ((void)(f))
+#define WALK_CAN_FAIL 0
+
+#else /* the public API: frame objects */
+
+/* A strong reference. */
+typedef PyFrameObject *Cursor;
+
+/* Step to the caller, dropping our reference to `frame`.  On 3.11+ this may
+ * create the caller's frame object, which can fail. */
+static inline Cursor
+walk_back(Cursor frame)
+{
+    PyFrameObject *back = PyFrame_GetBack(frame);
+    Py_DECREF(frame);
+    return back;
+}
+
+static inline Cursor
+walk_start(void)
+{
+    /* Borrowed: the innermost Python frame, i.e. the wrapper calling us. */
+    PyFrameObject *frame = PyEval_GetFrame();
+    return frame == NULL ? NULL : PyFrame_GetBack(frame);
+}
+
+static inline PyObject *
+walk_code(Cursor frame)
+{
+    return (PyObject *)PyFrame_GetCode(frame); /* never NULL */
+}
+
+static inline int
+walk_lasti(Cursor frame)
 {
 #if PY_VERSION_HEX >= 0x030B0000
     return PyFrame_GetLasti(frame);
@@ -70,28 +234,10 @@ frame_lasti(PyFrameObject *frame)
 #endif
 }
 
-/* Same clock as time.time_ns() on POSIX. */
-static PyObject *
-now_ns(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
-}
+#define walk_release(f) Py_XDECREF(f)
+#define WALK_CAN_FAIL 1
 
-/* Step to the caller, dropping our reference to `frame`.  Returns a strong
- * reference or NULL.  On 3.11+ this may create the caller's frame object,
- * which can fail: NULL with an exception set is an error, NULL without one is
- * the bottom of the stack. */
-static inline PyFrameObject *
-step_back(PyFrameObject *frame)
-{
-    PyFrameObject *back = PyFrame_GetBack(frame);
-    Py_DECREF(frame);
-    return back;
-}
+#endif /* WALK_INTERPRETER_FRAMES */
 
 PyDoc_STRVAR(capture_doc,
 "capture($module, var, depth, /)\n"
@@ -135,15 +281,10 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t capacity = STACK_FRAMES;
     Py_ssize_t n = 0; /* frames collected; pairs[0 .. 2n) are strong refs */
 
-    /* Borrowed: the innermost Python frame, i.e. the function calling us.
-     * NULL if we are called with no Python frame at all.  On 3.11+ asking for
-     * it creates its frame object, a fixed cost per call (see the benchmark),
-     * so do not ask when no frame is wanted. */
-    PyFrameObject *frame = depth > 0 ? PyEval_GetFrame() : NULL;
-    if (frame != NULL) {
-        Py_INCREF(frame);
-        frame = step_back(frame); /* skip that caller (the __enter__ wrapper) */
-    }
+    /* The public path creates the wrapper's frame object to find its caller,
+     * a fixed cost per call (see the benchmark): do not start when no frame
+     * is wanted. */
+    Cursor frame = depth > 0 ? walk_start() : NULL;
     while (frame != NULL && n < depth) {
         if (n == capacity) {
             /* Only for depth > STACK_FRAMES; PyMem_New checks the size. */
@@ -160,12 +301,12 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             pairs = bigger;
             capacity = grown;
         }
-        PyObject *code = (PyObject *)PyFrame_GetCode(frame); /* never NULL */
+        PyObject *code = walk_code(frame);
         if (n_loop_codes && is_loop_code(code)) {
             Py_DECREF(code);
             break;
         }
-        PyObject *lasti = PyLong_FromLong(frame_lasti(frame));
+        PyObject *lasti = PyLong_FromLong(walk_lasti(frame));
         if (lasti == NULL) {
             Py_DECREF(code);
             goto error;
@@ -173,17 +314,17 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         pairs[2 * n] = code;
         pairs[2 * n + 1] = lasti;
         n++;
-        frame = step_back(frame);
+        frame = walk_back(frame);
     }
-    if (frame == NULL) {
-        if (PyErr_Occurred()) {
-            goto error;
-        }
-    }
-    else {
-        Py_DECREF(frame); /* depth reached */
+    if (frame != NULL) { /* depth reached, or a loop frame */
+        walk_release(frame);
         frame = NULL;
     }
+#if WALK_CAN_FAIL
+    else if (PyErr_Occurred()) {
+        goto error;
+    }
+#endif
 
     PyObject *record = PyTuple_New(2 + 2 * n);
     if (record == NULL) {
@@ -200,7 +341,7 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return record;
 
 error:
-    Py_XDECREF(frame);
+    walk_release(frame);
     for (Py_ssize_t i = 0; i < 2 * n; i++) {
         Py_DECREF(pairs[i]);
     }
