@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import threading
 from typing import Any
 
@@ -261,8 +262,9 @@ def side(
     if not raw:
         return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
     frames, site, text = _resolve(raw, tuple(code.co_filename for code in raw[::2]))
-    if coroutine == UNKNOWN_COROUTINE and frames:
-        # The outermost frame of a task's stack is its coroutine.
+    if coroutine == UNKNOWN_COROUTINE and raw[-2].co_flags & inspect.CO_COROUTINE:
+        # The outermost frame of a task's stack is its coroutine (an eager
+        # task's stack goes on into its parent's, so this is a best guess).
         coroutine = frames[-1].function
     return TaskInfo(name, task_id, coroutine, site, cap(text, MAX_STACKTRACE), running, frames)
 

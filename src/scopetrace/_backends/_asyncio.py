@@ -52,7 +52,12 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     cap = runtime.options.max_open_scopes
     evict = runtime.evict
     internal_error = runtime.internal_error
+    # Where a task's stack ends: asyncio's Handle._run; with loops whose
+    # handles are not Python (uvloop), whatever called the loop.
     stop_at_loop_frame(asyncio.events.Handle._run.__code__)
+    stop_at_loop_frame(asyncio.base_events.BaseEventLoop.run_until_complete.__code__)
+    if hasattr(asyncio, "Runner"):
+        stop_at_loop_frame(asyncio.Runner.run.__code__)
     watch_children = not anyio_wraps_children()
     watcher = AsyncioWatcher(Orphans(runtime, BACKEND), task_states, _describe, _task_group_view)
     watch = watcher.watch
