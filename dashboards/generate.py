@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from opentelemetry.semconv.attributes import http_attributes, service_attributes
+from opentelemetry.semconv.attributes import http_attributes
 from opentelemetry.semconv.metrics import http_metrics
 
 from scopetrace import semconv

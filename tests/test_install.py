@@ -8,7 +8,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import anyio
 import pytest
 import trio
 from anyio._backends import _asyncio
