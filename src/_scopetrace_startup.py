@@ -11,7 +11,7 @@ Pythons that implement PEP 829 (3.15+), from the entry point in
 ``scopetrace.start``, whose presence disables that ``import`` line.
 
 It lives outside the ``scopetrace`` package on purpose: importing the package
-costs about 100 ms (OpenTelemetry, wrapt, asyncio), and every process pays
+costs tens of milliseconds (OpenTelemetry, asyncio), and every process pays
 for this module, whether or not it is traced.  With ``SCOPETRACE`` unset it
 costs one environment look-up.
 """

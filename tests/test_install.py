@@ -148,3 +148,30 @@ def test_unknown_keyword_warns_and_is_ignored() -> None:
     with pytest.warns(ConfigWarning, match="no option 'stack_deph'"):
         scopetrace.install(stack_deph=4, exporter="none")
     assert scopetrace.is_installed()
+
+
+def test_post_import_hook_keeps_the_real_loader() -> None:
+    # The module a hook fired for must look exactly as if imported normally.
+    program = textwrap.dedent(
+        """
+        import importlib.machinery, sys
+        from scopetrace._import_hooks import when_imported
+        seen = []
+        when_imported("json.tool", seen.append)
+        import json.tool
+        assert seen == [sys.modules["json.tool"]], seen
+        assert isinstance(json.tool.__loader__, importlib.machinery.SourceFileLoader)
+        assert json.tool.__spec__.loader is json.tool.__loader__
+        late = []
+        when_imported("json.tool", late.append)  # already imported: at once
+        assert late == [json.tool]
+        from scopetrace import _import_hooks
+        assert _import_hooks._FINDER not in sys.meta_path  # gone once nothing waits
+        print("ok")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

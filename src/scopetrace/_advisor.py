@@ -15,7 +15,6 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from importlib import metadata, resources
 from typing import Any
 
 from ._capture import Frame
@@ -131,6 +130,10 @@ def parse(document: Any) -> tuple[KnownBug, ...]:
 @functools.lru_cache(maxsize=1)
 def known_bugs() -> tuple[KnownBug, ...]:
     """The shipped table, read once."""
+    # Imported here, at the first violation: importlib.resources/metadata
+    # weigh ~1 MiB, which a process that never breaks a scope need not pay.
+    from importlib import resources
+
     text = resources.files(__package__).joinpath(DATA_FILE).read_text(encoding="utf-8")
     return parse(json.loads(text))
 
@@ -139,6 +142,8 @@ def known_bugs() -> tuple[KnownBug, ...]:
 def installed_version(distributions: tuple[str, ...]) -> str | None:
     """Version of the first of ``distributions`` that is installed (cached: the
     code already imported does not change when the files on disk do)."""
+    from importlib import metadata
+
     for name in distributions:
         try:
             return metadata.version(name)

@@ -32,7 +32,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from . import __version__, _jsonl
+from . import __version__
 from ._config import ConfigWarning, Options, env_name
 from ._violation import Violation
 
@@ -183,6 +183,8 @@ class Sink:
             exporter = "console"  # shut down already, or could not start: stderr still works
         if exporter == "jsonl":
             try:
+                from . import _jsonl  # only the jsonl exporter needs it
+
                 _jsonl.append(self.options.jsonl_path, violation, attributes)
                 return
             except OSError as exc:

@@ -1,9 +1,9 @@
 """install() / uninstall(): patch the backends whenever they are imported.
 
-wrapt's post-import hooks run a callback as soon as a module is imported, or
-at once if it already was, so the order of ``import anyio`` and ``install()``
-does not matter.  Callbacks registered by an earlier install are disarmed, not
-removed (wrapt has no removal), by checking a generation number.
+Post-import hooks (``_import_hooks``) run a callback as soon as a module is
+imported, or at once if it already was, so the order of ``import anyio`` and
+``install()`` does not matter.  Callbacks registered by an earlier install are
+disarmed, not removed, by checking a generation number.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import importlib
 import threading
 from typing import Any, Callable
 
-import wrapt
-
 from ._backends import _asyncio, _trio
 from ._config import Options, resolve
+from ._import_hooks import when_imported
 from ._report import Reporter
 from ._runtime import Runtime
 
@@ -43,7 +42,7 @@ def install(**options: Any) -> None:
         _runtime = runtime
         _generation += 1
         for backend in _BACKENDS:
-            wrapt.register_post_import_hook(_hook(backend, _generation), backend.MODULE)
+            when_imported(backend.MODULE, _hook(backend, _generation))
 
 
 def _hook(backend: Any, generation: int) -> Callable[[Any], None]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import threading
 from typing import Any
 
@@ -232,6 +231,8 @@ def coroutine_name(coro: object) -> str:
 
 
 UNKNOWN_COROUTINE = "<unknown>"
+#: inspect.CO_COROUTINE, without importing inspect (~1 MiB) on every install.
+CO_COROUTINE = 0x80
 
 #: Longest task name or coroutine name put in a report.
 MAX_NAME = 256
@@ -262,7 +263,7 @@ def side(
     if not raw:
         return TaskInfo(name, task_id, coroutine, "<not recorded>", "", running)
     frames, site, text = _resolve(raw, tuple(code.co_filename for code in raw[::2]))
-    if coroutine == UNKNOWN_COROUTINE and raw[-2].co_flags & inspect.CO_COROUTINE:
+    if coroutine == UNKNOWN_COROUTINE and raw[-2].co_flags & CO_COROUTINE:
         # The outermost frame of a task's stack is its coroutine (an eager
         # task's stack goes on into its parent's, so this is a best guess).
         coroutine = frames[-1].function
