@@ -136,7 +136,13 @@ def main() -> int:
             prom.stop()
         service.stop()
         if sink is not None:
-            time.sleep(0.5)
+            # The service exports its last batch as it shuts down; on a busy
+            # machine that can land late: count once the sink has gone quiet.
+            deadline = time.monotonic() + 15.0
+            count = -1
+            while len(seen) != count and time.monotonic() < deadline:
+                count = len(seen)
+                time.sleep(1.0)
             sink.__exit__(None, None, None)
             print(f"violation spans received: {len(seen)}")
     return 0
