@@ -94,18 +94,29 @@ class _HostileCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
         raise RuntimeError("hostile __repr__")
 
 
-async def _hostile_closer(caught: list[BaseException]) -> None:
-    scope = anyio.CancelScope()
-    scope.__enter__()
+def _closed_by_another_task(
+    wrap: Any = lambda coro: coro, name: str | None = None
+) -> scenarios.Scenario:
+    """This task enters a scope; a task made of ``wrap(coroutine)``, named
+    ``name``, tries to exit it; then this task exits it properly."""
 
-    async def closer() -> None:
-        try:
-            scope.__exit__(None, None, None)
-        except RuntimeError as exc:
-            caught.append(exc)
+    async def scenario(caught: list[BaseException]) -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
 
-    await asyncio.get_running_loop().create_task(_HostileCoroutine(closer()))
-    scope.__exit__(None, None, None)
+        async def closer() -> None:
+            try:
+                scope.__exit__(None, None, None)
+            except RuntimeError as exc:
+                caught.append(exc)
+
+        await asyncio.get_running_loop().create_task(wrap(closer()), name=name)
+        scope.__exit__(None, None, None)
+
+    return scenario
+
+
+_hostile_closer = _closed_by_another_task(wrap=_HostileCoroutine)
 
 
 def test_task_whose_coroutine_name_raises() -> None:
@@ -339,18 +350,7 @@ def test_reports_carry_no_values(backend: Any, telemetry: Telemetry) -> None:
         assert "SECRET" not in text
 
 
-async def _long_name(caught: list[BaseException]) -> None:
-    scope = anyio.CancelScope()
-    scope.__enter__()
-
-    async def closer() -> None:
-        try:
-            scope.__exit__(None, None, None)
-        except RuntimeError as exc:
-            caught.append(exc)
-
-    await asyncio.get_running_loop().create_task(closer(), name="x" * 10_000)
-    scope.__exit__(None, None, None)
+_long_name = _closed_by_another_task(name="x" * 10_000)
 
 
 def test_long_names_are_capped() -> None:
