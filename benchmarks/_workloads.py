@@ -361,7 +361,7 @@ class Mode:
     def __enter__(self) -> Mode:
         if self.name == "traced":
             import scopetrace
-            from scopetrace import _capture
+            from scopetrace import _record as _capture
 
             if self.capture == "python":
                 # The runtime takes _capture.capture when install() builds it;
@@ -378,7 +378,7 @@ class Mode:
     def __exit__(self, *exc_info: Any) -> None:
         if self.name == "traced":
             import scopetrace
-            from scopetrace import _capture
+            from scopetrace import _record as _capture
 
             scopetrace.uninstall()
             if self._saved_capture is not None:

@@ -2,11 +2,11 @@
 
 The loop sits under a stack of ``--stack`` nested Python functions and calls a
 wrapper (standing in for the patched ``CancelScope.__enter__``) that calls
-``capture(var, depth)``.  Three implementations are measured:
+``capture(var, depth, scope, task)``.  Three implementations are measured:
 
 * ``c``    -- ``scopetrace._speedups.capture``
-* ``py``   -- ``scopetrace._capture._py_capture``
-* ``noop`` -- ``operator.is_``: a C function of two arguments that does
+* ``py``   -- ``scopetrace._record._py_capture``
+* ``noop`` -- ``"".format``: a C callable of any arguments that does
   nothing, so that ``impl - noop`` is the cost of the capture itself, without
   the loop and the wrapper call.
 
@@ -27,7 +27,6 @@ the first iteration.
 from __future__ import annotations
 
 import argparse
-import operator
 import os
 import re
 import subprocess
@@ -40,9 +39,9 @@ IMPLS = ("noop", "py", "c")
 
 def load(impl: str):
     if impl == "noop":
-        return operator.is_
+        return "".format  # a C callable that takes the four arguments and does nothing
     if impl == "py":
-        from scopetrace._capture import _py_capture
+        from scopetrace._record import _py_capture
 
         return _py_capture
     from scopetrace._speedups import capture
@@ -56,8 +55,13 @@ def run(impl: str, depth: int, n: int, stack: int, fresh: int) -> int:
     var: ContextVar[object] = ContextVar("bench")
     var.set(object())
 
+    class Scope:
+        pass
+
+    scope, task = Scope(), Scope()
+
     def enter(var, depth):  # the patched __enter__
-        return capture(var, depth)
+        return capture(var, depth, scope, task)
 
     def through(k):  # k fresh frames, then the wrapper
         if k == 0:

@@ -201,7 +201,7 @@ def storm_spans(n: int) -> tuple[int, float]:
 
 
 def machine() -> list[str]:
-    from scopetrace import _capture
+    from scopetrace import _record as _capture
 
     cpu = "unknown CPU"
     try:
@@ -297,7 +297,7 @@ def report(
         if counted is not None:
             header += [f"{capture} +instr", f"{capture} ratio"]
         header.append(f"{capture} CPU ratio")
-    from scopetrace import _capture
+    from scopetrace import _record as _capture
 
     lines += _table(
         "Cost of each setting on the micro pair (default recorder: "

@@ -57,9 +57,11 @@ class Telemetry:
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
     def finished(self, name: str | None = None) -> list[Any]:
+        scopetrace.flush()  # spans are made on scopetrace's delivery thread
         return [s for s in self.spans.get_finished_spans() if name is None or s.name == name]
 
     def counter_points(self, metric_name: str) -> list[Any]:
+        scopetrace.flush()
         data = self.reader.get_metrics_data()
         points = []
         for rm in data.resource_metrics if data else ():
@@ -109,5 +111,54 @@ def traced(telemetry: Telemetry) -> Iterator[Telemetry]:
 
 @pytest.fixture(autouse=True)
 def _never_left_installed() -> Iterator[None]:
+    from scopetrace import _config
+
+    _config._warned.clear()  # each test sees its own one-time warnings
     yield
     scopetrace.uninstall()
+
+
+class Reports(list):  # type: ignore[type-arg]
+    """The reports a listener collected; reading it first waits until every
+    report made so far was delivered (delivery runs on a background thread)."""
+
+    def __init__(self, violations_only: bool) -> None:
+        super().__init__()
+        self.violations_only = violations_only
+
+    def add(self, report: Any) -> None:
+        if report.is_violation or not self.violations_only:
+            list.append(self, report)
+
+    def _sync(self) -> None:
+        scopetrace.flush()
+
+    def __len__(self) -> int:
+        self._sync()
+        return list.__len__(self)
+
+    def __iter__(self) -> Any:
+        self._sync()
+        return list.__iter__(self)
+
+    def __getitem__(self, index: Any) -> Any:
+        self._sync()
+        return list.__getitem__(self, index)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __eq__(self, other: object) -> bool:
+        self._sync()
+        return list.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def listen(violations_only: bool = True) -> Reports:
+    """Collect the reports of the installed scopetrace (violations only by default)."""
+    from scopetrace._install import current_runtime
+
+    runtime = current_runtime()
+    assert runtime is not None
+    seen = Reports(violations_only)
+    runtime.reporter.listeners.append(seen.add)
+    return seen

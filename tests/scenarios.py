@@ -224,10 +224,14 @@ def run(
     scenario: Scenario, backend: tuple[str, dict[str, Any]]
 ) -> tuple[list[BaseException], BaseException | None]:
     """Run a scenario; return what the application caught and how the run ended."""
+    import scopetrace
+
     caught: list[BaseException] = []
     name, options = backend
     try:
         anyio.run(scenario, caught, backend=name, backend_options=options)
     except BaseException as exc:  # the outcome itself is under test
         return caught, exc
+    finally:
+        scopetrace.flush()  # reports are delivered on a background thread
     return caught, None

@@ -22,9 +22,11 @@ import anyio
 import pytest
 
 import scopetrace
-from scopetrace import _advisor, semconv
+from scopetrace import _advisor, _packages, semconv
 from scopetrace._advisor import KnownBug, known_bugs, parse, version_key
 from scopetrace._install import current_runtime
+
+from .conftest import Reports
 
 from .scenarios import plain_tasks
 
@@ -72,14 +74,17 @@ class Query:
 def _install_fake(root: Path, package: str, module: str, source: str, dist: str, version: str,
                   monkeypatch: pytest.MonkeyPatch) -> Any:
     """Lay out ``root/<package>/<module>.py`` and ``<dist>-<version>.dist-info``."""
+    root = root / "site-packages"  # where installers put distributions
     path = root.joinpath(*package.split("/"), module + ".py")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    top = package.split("/")[0]
+    (info / "RECORD").write_text(f"{package}/{module}.py,,\n{top}/__init__.py,,\n")
     monkeypatch.syspath_prepend(str(root))
-    _advisor.installed_version.cache_clear()
+    _packages.forget()
     # Imported under a private name: only the file path has to be the real one.
     spec = importlib.util.spec_from_file_location(f"_fake_{dist.replace('-', '_')}", path)
     assert spec is not None and spec.loader is not None
@@ -91,7 +96,7 @@ def _install_fake(root: Path, package: str, module: str, source: str, dist: str,
 @pytest.fixture(autouse=True)
 def _fresh_versions() -> Any:
     yield
-    _advisor.installed_version.cache_clear()
+    _packages.forget()
 
 
 async def _shared_connection(server: Any) -> None:
@@ -116,11 +121,11 @@ async def _shared_connection(server: Any) -> None:
     await plain_tasks(a, b)
 
 
-def _violations() -> list[scopetrace.Violation]:
-    seen: list[scopetrace.Violation] = []
+def _violations() -> list[scopetrace.Report]:
+    seen = Reports(violations_only=True)
     runtime = current_runtime()
     assert runtime is not None
-    runtime.reporter.listeners.append(seen.append)
+    runtime.reporter.listeners.append(seen.add)
     return seen
 
 
@@ -168,8 +173,9 @@ def test_bad_entries_are_named() -> None:
 @pytest.mark.parametrize(
     ("version", "advice"),
     [
-        ("1.20.0", "pydantic-ai 1.20.0 is affected by pydantic/pydantic-ai#2355, fixed in 1.92.0: "
-                   "raise the floor to >=1.92.0"),
+        ("1.20.0", "pydantic-ai 1.20.0 is affected by pydantic/pydantic-ai#2355, fixed in 1.92.0 "
+                   "(pydantic/pydantic-ai#4514): upgrade to pydantic-ai>=1.92.0 (raise your pin or "
+                   "floor if you have one)"),
         ("1.92.0", None),
     ],
 )
@@ -189,8 +195,8 @@ def test_pydantic_ai_shape(
     assert span.attributes.get(semconv.ADVICE) == advice
     assert caplog.records[0].scopetrace.get(semconv.ADVICE) == advice
     if advice:
-        assert f"  advice: {advice}" in seen[0].format().splitlines()
-        assert f"  advice: {advice}" in caplog.records[0].scopetrace_report.splitlines()
+        assert f"  advice:     {advice}" in seen[0].format().splitlines()
+        assert f"  advice:     {advice}" in caplog.records[0].scopetrace_report.splitlines()
     else:
         assert "advice:" not in seen[0].format()
 
@@ -210,10 +216,11 @@ def test_no_advice_when_the_library_is_not_installed(
     [
         ("claude_agent_sdk/_internal", "claude-agent-sdk", "0.1.50",
          "claude-agent-sdk 0.1.50 is affected by anthropics/claude-agent-sdk-python#454, fixed in "
-         "0.1.51: raise the floor to >=0.1.51"),
+         "0.1.51 (anthropics/claude-agent-sdk-python#746): upgrade to claude-agent-sdk>=0.1.51 "
+         "(raise your pin or floor if you have one)"),
         ("claude_agent_sdk/_internal", "claude-agent-sdk", "0.1.51", None),
         ("claude_code_sdk/_internal", "claude-code-sdk", "0.0.25",
-         "claude-code-sdk 0.0.25 is affected by anthropics/claude-agent-sdk-python#454, no fixed "
+         "claude-code-sdk 0.0.25 is affected by anthropics/claude-agent-sdk-python#454; no fixed "
          "release: the package was renamed and only its successor has the fix: move to "
          "claude-agent-sdk>=0.1.51"),
     ],

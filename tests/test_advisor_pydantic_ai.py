@@ -37,6 +37,8 @@ import scopetrace  # noqa: E402
 from scopetrace import semconv  # noqa: E402
 from scopetrace._advisor import installed_version, version_key  # noqa: E402
 
+from .conftest import Reports
+
 pytestmark = pytest.mark.slow
 
 SERVER = Path(__file__).resolve().parent.parent / "compat" / "verify_pydantic_ai.py"
@@ -104,12 +106,12 @@ async def _two_runs(url: str) -> list[Any]:
 
 
 def test_pydantic_ai_parallel_tool_calls(traced: Any, mcp_url: str) -> None:
-    seen: list[scopetrace.Violation] = []
+    seen = Reports(violations_only=True)
     from scopetrace._install import current_runtime
 
     runtime = current_runtime()
     assert runtime is not None
-    runtime.reporter.listeners.append(seen.append)
+    runtime.reporter.listeners.append(seen.add)
 
     results = asyncio.run(_two_runs(mcp_url))
 

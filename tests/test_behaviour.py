@@ -9,8 +9,10 @@ import anyio
 import pytest
 
 import scopetrace
-from scopetrace import Violation
+from scopetrace import Report
 from scopetrace._install import current_runtime
+
+from .conftest import Reports
 
 from . import scenarios
 
@@ -100,8 +102,8 @@ def test_clean_workload_is_silent_and_unchanged(backend: Any) -> None:
     scopetrace.install(exporter="none")
     runtime = current_runtime()
     assert runtime is not None
-    seen: list[Violation] = []
-    runtime.reporter.listeners.append(seen.append)
+    seen = Reports(violations_only=True)
+    runtime.reporter.listeners.append(seen.add)
     traced: list[Any] = []
     anyio.run(_clean_workload, traced, backend=backend[0], backend_options=backend[1])
     assert seen == []

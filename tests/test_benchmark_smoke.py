@@ -64,7 +64,7 @@ def test_quick_run_ends_with_every_ratio(quick_run: subprocess.CompletedProcess[
 def test_quick_run_reports_what_it_measured(
     quick_run: subprocess.CompletedProcess[str],
 ) -> None:
-    from scopetrace import _capture
+    from scopetrace import _record as _capture
 
     out = quick_run.stdout
     expected = "C accelerator" if _capture.ACCELERATED else "pure Python"

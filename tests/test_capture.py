@@ -24,8 +24,9 @@ import weakref
 
 import pytest
 
-from scopetrace import _capture
-from scopetrace._capture import FRAMES_AT, _py_capture
+from scopetrace import _record as _capture
+from scopetrace import _stacks
+from scopetrace._record import CONTEXT, FRAMES_AT, SCOPE, TASK, TIME, _py_capture
 
 try:
     from scopetrace._speedups import capture as c_capture
@@ -42,9 +43,9 @@ IMPLS = [
 VAR: contextvars.ContextVar[object] = contextvars.ContextVar("scopetrace_test_var")
 
 
-def enter(fn, var, depth):
+def enter(fn, var, depth, scope=None, task=None):
     """Stand-in for the patched ``__enter__``: the one frame ``capture`` skips."""
-    return fn(var, depth)
+    return fn(var, depth, scope, task)
 
 
 def both(var, depth):
@@ -62,7 +63,8 @@ def frames(record):
 def assert_same(c_rec, py_rec):
     assert type(c_rec) is tuple and type(py_rec) is tuple
     assert len(c_rec) == len(py_rec)
-    assert c_rec[1] is py_rec[1]
+    assert c_rec[CONTEXT] is py_rec[CONTEXT]
+    assert c_rec[SCOPE] is None and py_rec[SCOPE] is None
     for (c_code, c_lasti), (py_code, py_lasti) in zip(frames(c_rec), frames(py_rec)):
         assert c_code is py_code
         assert type(c_lasti) is int and c_lasti == py_lasti
@@ -129,7 +131,7 @@ def test_same_record_under_anyio():
             VAR.reset(token)
 
     c_rec, py_rec = anyio.run(main)
-    assert c_rec[1] == "in-task"
+    assert c_rec[CONTEXT] == "in-task"
     assert_same(c_rec, py_rec)
 
 
@@ -255,7 +257,7 @@ def test_nothing_but_c_below():
     # A thread whose only frames are C: deque.extend consumes a map that calls
     # capture directly.  No Python frame anywhere, so no frames recorded.
     out = collections.deque()
-    _thread.start_new_thread(out.extend, (map(c_capture, [VAR], [16]),))
+    _thread.start_new_thread(out.extend, (map(c_capture, [VAR], [16], [None], [None]),))
     deadline = time.monotonic() + 10
     while not out:
         assert time.monotonic() < deadline
@@ -299,7 +301,7 @@ def test_shape(fn):
     record = enter(fn, VAR, 6)
     after = time.time_ns()
     assert type(record) is tuple
-    assert before <= record[0] <= after
+    assert before <= record[TIME] <= after
     assert len(record) == FRAMES_AT + 2 * 6
     for code, lasti in frames(record):
         assert type(code) is types.CodeType
@@ -385,7 +387,7 @@ def test_wrapper_is_bottom_frame(fn):
 
     def wrapper():  # plays enter(), called straight from C
         try:
-            result.append(fn(VAR, 16))
+            result.append(fn(VAR, 16, None, None))
         finally:
             done.set()
 
@@ -400,14 +402,14 @@ def test_wrapper_is_bottom_frame(fn):
 @pytest.mark.parametrize("fn", IMPLS)
 def test_contextvar_unset_is_none(fn):
     var = contextvars.ContextVar("unset")
-    assert enter(fn, var, 1)[1] is None
+    assert enter(fn, var, 1)[CONTEXT] is None
 
 
 @pytest.mark.parametrize("fn", IMPLS)
 def test_contextvar_default_is_ignored(fn):
     # var.get(None): the explicit None wins over the variable's own default.
     var = contextvars.ContextVar("with_default", default="dflt")
-    assert enter(fn, var, 1)[1] is None
+    assert enter(fn, var, 1)[CONTEXT] is None
 
 
 @pytest.mark.parametrize("fn", IMPLS)
@@ -416,10 +418,10 @@ def test_contextvar_value(fn):
     value = object()
     token = var.set(value)
     try:
-        assert enter(fn, var, 1)[1] is value
+        assert enter(fn, var, 1)[CONTEXT] is value
     finally:
         var.reset(token)
-    assert enter(fn, var, 1)[1] is None
+    assert enter(fn, var, 1)[CONTEXT] is None
 
 
 @pytest.mark.parametrize("fn", IMPLS)
@@ -428,24 +430,24 @@ def test_contextvar_in_copied_context(fn):
 
     def inside():
         var.set("inner")
-        return enter(fn, var, 1)[1]
+        return enter(fn, var, 1)[CONTEXT]
 
     assert contextvars.copy_context().run(inside) == "inner"
-    assert enter(fn, var, 1)[1] is None
+    assert enter(fn, var, 1)[CONTEXT] is None
 
 
 @needs_c
 def test_bad_arguments():
     with pytest.raises(TypeError):
-        c_capture("not a ContextVar", 4)
+        c_capture("not a ContextVar", 4, None, None)
     with pytest.raises(TypeError):
-        c_capture(VAR, "4")
+        c_capture(VAR, "4", None, None)
     with pytest.raises(TypeError):
-        c_capture(VAR, 4.0)
+        c_capture(VAR, 4.0, None, None)
     with pytest.raises(TypeError):
         c_capture(VAR)
     with pytest.raises(TypeError):
-        c_capture(VAR, 4, 5)
+        c_capture(VAR, 4, None, None, 5)
 
 
 # -- lasti resolves to the calling line -----------------------------------------
@@ -465,7 +467,7 @@ def test_lasti_resolves_to_line(fn):
     assert code0 is site.__code__ and line_of(code0, lasti0) == site_line
     assert code1 is outer.__code__ and line_of(code1, lasti1) == outer_line
     # And through the public resolver.
-    resolved = _capture.frames_of(record[FRAMES_AT:])
+    resolved = _stacks.frames_of(record[FRAMES_AT:])
     assert [f.lineno for f in resolved] == [site_line, outer_line]
 
 
@@ -571,3 +573,106 @@ def test_records_hold_code_references():
     assert sys.getrefcount(code) == before + 1000
     del records
     assert sys.getrefcount(code) == before
+
+
+# -- the weak references to the scope and the task ---------------------------------
+
+
+class _Scope:
+    pass
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_record_refers_weakly_to_scope_and_task(fn):
+    scope, task = _Scope(), _Scope()
+    before = _refcounts(scope, task)
+    record = enter(fn, VAR, 2, scope, task)
+    assert record[SCOPE]() is scope and record[TASK]() is task
+    assert _refcounts(scope, task) == before  # weak: nothing kept alive
+    del scope, task
+    gc.collect()
+    assert record[SCOPE]() is None and record[TASK]() is None
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_objects_without_weak_references_are_recorded_as_none(fn):
+    record = enter(fn, VAR, 2, 42, "a task")  # ints and strs refuse weak references
+    assert record[SCOPE] is None and record[TASK] is None
+    assert record[FRAMES_AT] is sys._getframe().f_code
+
+
+@needs_c
+def test_weak_references_do_not_leak():
+    scope, task = _Scope(), _Scope()
+    before = _refcounts(scope, task)
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(100_000):
+            enter(c_capture, VAR, 4, scope, task)
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert _refcounts(scope, task) == before
+    assert weakref.getweakrefcount(scope) == 0  # every record's reference died with it
+    assert end - start < 64 * 1024
+
+
+def test_lookup_checks_the_record_belongs_to_the_scope():
+    records: dict[int, tuple] = {}
+    scope = _Scope()
+    records[id(scope)] = _py_capture(VAR, 2, scope, None)
+    assert _capture.lookup(records, scope) is records[id(scope)]
+    stale = _Scope()
+    records[id(stale)] = records.pop(id(scope))  # another object's record at this address
+    assert _capture.lookup(records, stale) is None
+
+
+def test_eviction_drops_dead_records_first_then_the_oldest():
+    table = _capture.Records(cap=10)
+    alive = [_Scope() for _ in range(10)]
+    for scope in alive:
+        table[id(scope)] = _py_capture(VAR, 0, scope, None)
+    dead = [_Scope() for _ in range(5)]
+    for scope in dead:
+        table[id(scope)] = _py_capture(VAR, 0, scope, None)
+    dead_ids = [id(s) for s in dead]
+    del dead, scope
+    gc.collect()
+    dropped = table.evict()
+    assert dropped == 5 + 1  # the excess plus a tenth of the cap
+    assert not any(key in table for key in dead_ids)
+    assert id(alive[0]) not in table  # then the oldest living one
+    assert all(id(s) in table for s in alive[1:])
+
+
+def test_eviction_is_safe_while_other_threads_insert():
+    table = _capture.Records(cap=1000)
+    scopes = [_Scope() for _ in range(5000)]
+    stop = threading.Event()
+    errors = []
+
+    def insert():
+        try:
+            while not stop.is_set():
+                for scope in scopes:
+                    table[id(scope)] = (None, None, 0, None)
+                    table.pop(id(scope), None)
+        except Exception as exc:  # pragma: no cover - the failure under test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=insert) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(200):
+            for scope in scopes[:1500]:
+                table[id(scope)] = (None, None, 0, None)
+            table.evict()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(table) <= 1500

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from scopetrace import _jsonl, semconv
+from scopetrace import semconv
+from scopetrace._sinks import _jsonl
 from scopetrace._config import Options, env_name
-from scopetrace._run import hook_installed
+from scopetrace._cli_run import hook_installed
 
 from .programs import ASGI_APP, REPORT, UNTRACED
 from .wheelenv import WheelEnv, app, venv  # noqa: F401 - fixtures

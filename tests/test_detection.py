@@ -8,20 +8,22 @@ from typing import Any
 import pytest
 
 import scopetrace
-from scopetrace import Violation, semconv
+from scopetrace import Report, semconv
 from scopetrace._install import current_runtime
+
+from .conftest import Reports
 
 from . import scenarios
 
 
 @pytest.fixture
-def violations() -> list[Violation]:
+def violations() -> list[Report]:
     """Install tracing (no exporter output) and collect every violation."""
     scopetrace.install(exporter="none")
-    seen: list[Violation] = []
+    seen = Reports(violations_only=True)
     runtime = current_runtime()
     assert runtime is not None
-    runtime.reporter.listeners.append(seen.append)
+    runtime.reporter.listeners.append(seen.add)
     return seen
 
 
@@ -30,12 +32,12 @@ def in_function(site: str, name: str) -> bool:
     return site.rsplit(" in ", 1)[-1].rsplit(".", 1)[-1] == name
 
 
-def _only(seen: list[Violation]) -> Violation:
+def _only(seen: list[Report]) -> Report:
     assert len(seen) == 1, [v.summary() for v in seen]
     return seen[0]
 
 
-def test_sibling_gather(backend: Any, violations: list[Violation]) -> None:
+def test_sibling_gather(backend: Any, violations: list[Report]) -> None:
     caught, outcome = scenarios.run(scenarios.sibling_gather, backend)
     assert outcome is None
     assert len(caught) == 1
@@ -53,7 +55,7 @@ def test_sibling_gather(backend: Any, violations: list[Violation]) -> None:
     assert v.message == str(caught[0])
 
 
-def test_sibling_still_running(backend: Any, violations: list[Violation]) -> None:
+def test_sibling_still_running(backend: Any, violations: list[Report]) -> None:
     caught, outcome = scenarios.run(scenarios.sibling_running, backend)
     assert len(caught) == 1
     v = _only(violations)
@@ -62,7 +64,7 @@ def test_sibling_still_running(backend: Any, violations: list[Violation]) -> Non
     assert in_function(v.opener.site, "opener") and in_function(v.closer.site, "closer")
 
 
-def test_opener_finished(backend: Any, violations: list[Violation]) -> None:
+def test_opener_finished(backend: Any, violations: list[Report]) -> None:
     caught, outcome = scenarios.run(scenarios.opener_finished, backend)
     assert len(caught) == 1
     v = _only(violations)
@@ -71,7 +73,7 @@ def test_opener_finished(backend: Any, violations: list[Violation]) -> None:
     assert in_function(v.opener.site, "opener") and in_function(v.closer.site, "closer")
 
 
-def test_task_group_exited_by_other_task(backend: Any, violations: list[Violation]) -> None:
+def test_task_group_exited_by_other_task(backend: Any, violations: list[Report]) -> None:
     caught, outcome = scenarios.run(scenarios.task_group_other_task, backend)
     assert caught, "anyio must still raise"
     v = violations[0]
@@ -80,7 +82,7 @@ def test_task_group_exited_by_other_task(backend: Any, violations: list[Violatio
     assert "__aenter__" in v.opener.stacktrace  # the task group's own frame
 
 
-def test_asyncgen_finalizer(backend: Any, violations: list[Violation]) -> None:
+def test_asyncgen_finalizer(backend: Any, violations: list[Report]) -> None:
     if backend[0] == "trio":
         pytest.skip("trio reports this itself at task exit (Nursery stack corrupted)")
     caught, outcome = scenarios.run(scenarios.asyncgen_finalizer, backend)
@@ -95,7 +97,7 @@ def test_asyncgen_finalizer(backend: Any, violations: list[Violation]) -> None:
     assert in_function(v.opener.site, "query")
 
 
-def test_misnested(backend: Any, violations: list[Violation]) -> None:
+def test_misnested(backend: Any, violations: list[Report]) -> None:
     caught, outcome = scenarios.run(scenarios.misnested, backend)
     assert len(caught) == 1
     v = _only(violations)
@@ -105,7 +107,7 @@ def test_misnested(backend: Any, violations: list[Violation]) -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need 3.11")
-def test_note_names_both_tasks(backend: Any, violations: list[Violation]) -> None:
+def test_note_names_both_tasks(backend: Any, violations: list[Report]) -> None:
     caught, _ = scenarios.run(scenarios.sibling_gather, backend)
     (note,) = caught[0].__notes__
     v = violations[0]
@@ -120,7 +122,7 @@ def test_notes_can_be_turned_off(backend: Any) -> None:
     assert not getattr(caught[0], "__notes__", None)
 
 
-def test_report_text(backend: Any, violations: list[Violation]) -> None:
+def test_report_text(backend: Any, violations: list[Report]) -> None:
     scenarios.run(scenarios.sibling_gather, backend)
     text = _only(violations).format()
     assert "wrong_task (sibling_task)" in text
@@ -131,10 +133,10 @@ def test_report_text(backend: Any, violations: list[Violation]) -> None:
 
 def test_stack_depth_zero_still_reports(backend: Any) -> None:
     scopetrace.install(exporter="none", stack_depth=0)
-    seen: list[Violation] = []
+    seen = Reports(violations_only=True)
     runtime = current_runtime()
     assert runtime is not None
-    runtime.reporter.listeners.append(seen.append)
+    runtime.reporter.listeners.append(seen.add)
     scenarios.run(scenarios.sibling_gather, backend)
     v = _only(seen)
     assert v.opener.stacktrace == "" and v.opener.site == "<not recorded>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from scopetrace._config import ConfigWarning, Options, resolve
 from scopetrace._install import current_runtime
 
 from . import scenarios
+from .conftest import Reports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,9 +50,9 @@ def test_double_install_and_uninstall_are_harmless() -> None:
     runtime = current_runtime()
     scopetrace.install(exporter="console")  # ignored while installed
     assert _methods() == first and current_runtime() is runtime
-    seen: list[object] = []
+    seen = Reports(violations_only=True)
     assert runtime is not None
-    runtime.reporter.listeners.append(seen.append)
+    runtime.reporter.listeners.append(seen.add)
     scenarios.run(scenarios.sibling_gather, ("asyncio", {}))
     assert len(seen) == 1  # wrapped once, reported once
     scopetrace.uninstall()
@@ -63,8 +65,8 @@ def test_reinstall_after_uninstall_works() -> None:
         scopetrace.install(exporter="none")
         runtime = current_runtime()
         assert runtime is not None
-        seen: list[object] = []
-        runtime.reporter.listeners.append(seen.append)
+        seen = Reports(violations_only=True)
+        runtime.reporter.listeners.append(seen.add)
         scenarios.run(scenarios.sibling_gather, ("trio", {}))
         assert len(seen) == 1
         scopetrace.uninstall()
@@ -83,7 +85,7 @@ def test_import_order_does_not_matter(order: str) -> None:
         current_runtime().reporter.listeners.append(seen.append)
         scenarios.run(scenarios.sibling_gather, ("asyncio", {}))
         scenarios.run(scenarios.sibling_gather, ("trio", {}))
-        print(sorted(v.backend for v in seen))
+        print(sorted(v.backend for v in seen if v.is_violation))
         """
     )
     proc = subprocess.run(
@@ -144,10 +146,22 @@ def test_bad_value_warns_once_and_uses_default(variable: str, value: str, accept
     assert variable in text and repr(value) in text and accepted in text
 
 
-def test_unknown_keyword_warns_and_is_ignored() -> None:
-    with pytest.warns(ConfigWarning, match="no option 'stack_deph'"):
+def test_a_keyword_that_is_no_option_is_a_programming_error() -> None:
+    """Keywords are the programmer's: a typo raises at once (variables only warn)."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stack_deph'"):
         scopetrace.install(stack_deph=4, exporter="none")
-    assert scopetrace.is_installed()
+    assert not scopetrace.is_installed()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "accepted"),
+    [("stack_depth", -1, "an integer from 0 to 128"), ("exporter", "zipkin", "one of console"),
+     ("rate_limit", float("nan"), "a number from 0 to 1e+09")],
+)
+def test_a_bad_keyword_value_raises(keyword: str, value: object, accepted: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(accepted)):
+        scopetrace.install(**{keyword: value})
+    assert not scopetrace.is_installed()
 
 
 def test_post_import_hook_keeps_the_real_loader() -> None:

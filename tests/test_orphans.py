@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from scopetrace import semconv
-from scopetrace._backends._asyncio import anyio_wraps_children
+from scopetrace._install import _anyio_wraps_children as anyio_wraps_children
 
 from .scenarios import RefCounted, plain_tasks, qualname
 
@@ -71,9 +71,19 @@ def test_seed_003_warns_before_the_violation(
     opener = qualname("test_seed_003_warns_before_the_violation.<locals>.main.<locals>.opener")
     assert f"in {opener}" in attrs[semconv.OPENER_STACKTRACE]
     assert orphan_points(traced) == 1
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "orphaned" in warnings[0].getMessage()
-    assert warnings[0].scopetrace[semconv.OPENER_SITE] == attrs[semconv.OPENER_SITE]
+    # One failure, one log record: the violation, with its orphan warning.
+    (record,) = [r for r in caplog.records if r.name == semconv.LOGGER_NAME]
+    assert record.levelno == logging.ERROR
+    assert "(and 1 more report(s) of this incident)" in record.getMessage()
+    assert "also: orphaned (early warning)" in record.scopetrace_report
+    assert [a.get(semconv.VIOLATION_KIND) for a in record.scopetrace_reports] == [
+        None, semconv.KIND_WRONG_TASK
+    ]
+    assert record.scopetrace_reports[0][semconv.OPENER_SITE] == attrs[semconv.OPENER_SITE]
+    (violation,) = traced.finished(semconv.VIOLATION_SPAN)
+    assert violation.attributes[semconv.INCIDENT_ID] == attrs[semconv.INCIDENT_ID]
+    # The violation links to the orphan warning of the same scope.
+    assert orphan.context.span_id in [link.context.span_id for link in violation.links]
 
 
 def test_leak_without_any_close(backend: Any, traced: Any) -> None:
@@ -214,12 +224,14 @@ def test_many_tasks_leave_nothing_behind(backend: Any, traced: Any) -> None:
 
 
 def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) -> None:
-    """anyio >= 4.14 runs each child inside a scope of its own, so the child's
-    exit of it is refused (a misnest violation, on both backends), naming the
-    child, and children are not watched for orphans (that refusal already
-    reports them; watching every child would tax task-group fan-outs).  Older
-    anyio has no such scope: there, children are watched and the scope left open
-    is reported as orphaned."""
+    """Regression (the culprit issue, part 3): anyio >= 4.14 runs each child
+    inside a scope of its own (``TaskHandle._run_coro``), so a child that ends
+    with a scope open makes anyio refuse the exit of that wrapper scope.  The
+    report used to blame ``anyio/_core/_tasks.py`` with the misnest advice,
+    and the early warning was gone.  Now the wrapper is treated as anyio's:
+    the child's leaked scope is the scope in the way and the culprit, and the
+    orphan warning fires for it, in the same incident.  Older anyio has no
+    wrapper: children are watched and the leaked scope is an orphan."""
     kept: list[anyio.CancelScope] = []
 
     async def child() -> None:
@@ -239,12 +251,17 @@ def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) ->
     child_name = qualname("test_task_group_child_that_leaves_a_scope_open.<locals>.child")
     if anyio_wraps_children():
         run(backend, main_refused)
-        violations = traced.finished(semconv.VIOLATION_SPAN)
-        assert [v.attributes[semconv.VIOLATION_KIND] for v in violations] == [
-            semconv.KIND_NOT_INNERMOST
-        ]
-        assert child_name in violations[0].attributes[semconv.OPENER_TASK_NAME]
-        assert traced.finished(semconv.ORPHANED_SPAN) == []
+        (violation,) = traced.finished(semconv.VIOLATION_SPAN)
+        attrs = violation.attributes
+        assert attrs[semconv.VIOLATION_KIND] == semconv.KIND_NOT_INNERMOST
+        assert child_name in attrs[semconv.OPENER_TASK_NAME]
+        assert f"in {child_name}" in attrs[semconv.BLOCKER_SITE]
+        assert attrs[semconv.BLOCKER_COUNT] == 1
+        assert f"in {child_name}" in attrs[semconv.CULPRIT_SITE]
+        assert "_tasks.py" not in attrs[semconv.CULPRIT_SITE]
+        (orphan,) = traced.finished(semconv.ORPHANED_SPAN)
+        assert f"in {child_name}" in orphan.attributes[semconv.OPENER_SITE]
+        assert orphan.attributes[semconv.INCIDENT_ID] == attrs[semconv.INCIDENT_ID]
     elif backend[0] == "asyncio":
         run(backend, main)
         assert traced.finished(semconv.VIOLATION_SPAN) == []

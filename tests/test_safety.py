@@ -17,19 +17,21 @@ from anyio._backends import _asyncio
 from opentelemetry.sdk.trace import SpanProcessor
 
 import scopetrace
-from scopetrace import Violation, semconv
+from scopetrace import Report, semconv
 from scopetrace._install import current_runtime
 from scopetrace._ratelimit import RateLimiter
+
+from .conftest import Reports
 
 from . import scenarios
 from .conftest import Telemetry
 
 
-def _listen() -> list[Violation]:
+def _listen() -> list[Report]:
     runtime = current_runtime()
     assert runtime is not None
-    seen: list[Violation] = []
-    runtime.reporter.listeners.append(seen.append)
+    seen = Reports(violations_only=True)
+    runtime.reporter.listeners.append(seen.add)
     return seen
 
 

@@ -5,9 +5,9 @@
 
 Every anyio ``CancelScope`` (and so every task group) then records the task and
 stack that entered it; when a scope is exited by another task, or out of
-nesting order, scopetrace reports both tasks, both stacks and the likely cause
-as an OpenTelemetry span, event, metric and log record, and anyio raises
-exactly as before.
+nesting order, or a task ends with one still open, scopetrace reports both
+tasks, both stacks, the likely cause and the code to fix as an OpenTelemetry
+span, event, metric and log record, and anyio raises exactly as before.
 
 PYTEST_DONT_REWRITE: with ``SCOPETRACE=1`` site.py imports this package before
 pytest starts (see _scopetrace_startup).
@@ -15,9 +15,19 @@ pytest starts (see _scopetrace_startup).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
+from ._install import flush, install, is_installed, uninstall
+from ._report import Blocker, Culprit, Fixture, Report, TaskInfo
 
-from ._install import install, is_installed, uninstall
-from ._violation import TaskInfo, Violation
-
-__all__ = ["TaskInfo", "Violation", "__version__", "install", "is_installed", "uninstall"]
+__all__ = [
+    "Blocker",
+    "Culprit",
+    "Fixture",
+    "Report",
+    "TaskInfo",
+    "__version__",
+    "flush",
+    "install",
+    "is_installed",
+    "uninstall",
+]

@@ -9,21 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ._config import _bool, warn_invalid
-
-#: The variable that turns tracing on in every Python process that sees it.
-SWITCH = "SCOPETRACE"
+from ._config import BOOL, SWITCH, warn_invalid
 
 
 def switched_on(environ: Mapping[str, str]) -> bool:
     """Whether ``SCOPETRACE`` says on; a value that is neither on nor off warns and means off."""
     text = environ.get(SWITCH)
-    if text is None:
+    if text is None or not text.strip():
         return False
     try:
-        return _bool(text)
+        return bool(BOOL.parse(text))
     except ValueError:
-        warn_invalid(SWITCH, text, _bool.accepted, "tracing stays off")  # type: ignore[attr-defined]
+        warn_invalid(SWITCH, text, BOOL.accepted, "tracing stays off")
         return False
 
 

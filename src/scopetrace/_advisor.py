@@ -1,10 +1,20 @@
-"""Known-bug advisor: match a violation against known upstream culprits.
+"""Known-bug advisor: when the culprit is a known upstream bug, say which release fixes it.
 
-The culprits live in ``known_bugs.json`` beside this module.  An entry matches
-when one of its frames (file path suffix and function) is in the opener's or
-closer's recorded stack *and* the installed version of its library is in the
-affected range.  Runs only on the violation path; a damaged data file or an
-odd version string disables advice, never the report.
+The bugs live in ``known_bugs.json`` beside this module (docs/advisor.md has
+the table and how each entry was verified).  An entry matches a report when
+
+* one of its frames (file path suffix and function qualname) is among the
+  culprit's frames: the frames from the scope out to one beyond the culprit,
+  on the entering stack and on the exiting one (``stack`` says which; ``any``
+  matches the whole of both stacks, for bugs of anyio itself that any
+  violation can trigger);
+* the installed version of its library is in the affected range, and every
+  ``requires`` condition holds (another distribution's version range, or
+  ``python_below``).
+
+Versions are read from the installed metadata's directory names
+(:mod:`scopetrace._packages`), off the event loop's thread.  A damaged data
+file or an odd version string disables advice, never the report.
 """
 
 from __future__ import annotations
@@ -14,15 +24,26 @@ import functools
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._capture import Frame
-from ._violation import Violation
+from . import _packages
+from ._report import Report
+from ._stacks import Frame
 
 DATA_FILE = "known_bugs.json"
 
-_STACKS = ("opener", "closer", "either")
+_STACKS = ("opener", "closer", "either", "any")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """Another distribution that must be installed in a version range."""
+
+    distributions: tuple[str, ...]
+    affected_from: str | None
+    fixed_in: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,25 +58,68 @@ class KnownBug:
     issue: str
     fix: str | None = None
     remedy: str | None = None
+    requires: tuple[Requirement, ...] = ()
+    python_below: str | None = None
 
-    def matches_stack(self, violation: Violation) -> bool:
-        sides: list[Sequence[Frame]] = []
-        if self.stack in ("opener", "either"):
-            sides.append(violation.opener.frames)
-        if self.stack in ("closer", "either"):
-            sides.append(violation.closer.frames)
+    def matches_stack(self, report: Report) -> bool:
+        opener = report.opener.frames
+        closer = report.closer.frames if report.closer is not None else ()
+        if report.blocker is not None:
+            opener = report.blocker.frames
+        if self.stack == "any":
+            sides: list[Sequence[Frame]] = [opener, closer]
+        else:
+            culprit = report.culprit.frame if report.culprit is not None else None
+            sides = []
+            if self.stack in ("opener", "either"):
+                sides.append(_window(opener, culprit))
+            if self.stack in ("closer", "either"):
+                sides.append(_window(closer, culprit))
         return any(_has_frame(frames, self.frames) for frames in sides)
 
     def affects(self, version: str) -> bool:
-        key = version_key(version)
-        if self.affected_from is not None and key < version_key(self.affected_from):
-            return False
-        return self.fixed_in is None or key < version_key(self.fixed_in)
+        return _in_range(version, self.affected_from, self.fixed_in)
+
+    def conditions_hold(self) -> bool:
+        if self.python_below is not None:
+            below = tuple(int(p) for p in self.python_below.split("."))
+            if sys.version_info[: len(below)] >= below:
+                return False
+        for requirement in self.requires:
+            version = _packages.version_of(requirement.distributions)
+            if version is None or not _in_range(
+                version, requirement.affected_from, requirement.fixed_in
+            ):
+                return False
+        return True
 
     def advice(self, version: str) -> str:
-        remedy = self.remedy or f"raise the floor to >={self.fixed_in}"
-        fixed = f"fixed in {self.fixed_in}" if self.fixed_in else "no fixed release"
-        return f"{self.name} {version} is affected by {self.issue}, {fixed}: {remedy}"
+        issue = self.issue
+        if self.fixed_in is None:
+            return f"{self.name} {version} is affected by {issue}; no fixed release: {self.remedy}"
+        fix = f" ({self.fix})" if self.fix else ""
+        remedy = self.remedy or (
+            f"upgrade to {self.name}>={self.fixed_in} (raise your pin or floor if you have one)"
+        )
+        return f"{self.name} {version} is affected by {issue}, fixed in {self.fixed_in}{fix}: {remedy}"
+
+
+def _window(frames: Sequence[Frame], culprit: Frame | None) -> Sequence[Frame]:
+    """The frames from the scope out to one beyond the culprit (or its
+    counterpart: same file and owner, on the other stack)."""
+    if culprit is None:
+        return ()
+    for i, frame in enumerate(frames):
+        if frame.filename == culprit.filename and (frame == culprit or frame.owner == culprit.owner):
+            return frames[: i + 2]
+    return ()
+
+
+def _in_range(version: str, first: str | None, fixed: str | None) -> bool:
+    key = version_key(version)
+    if first is not None and key < version_key(first):
+        return False
+    return fixed is None or key < version_key(fixed)
 
 
 def _has_frame(frames: Iterable[Frame], patterns: tuple[tuple[str, str], ...]) -> bool:
@@ -97,6 +161,14 @@ def version_key(text: str) -> tuple[Any, ...]:
     return (tuple(release), phase, rest)
 
 
+def _requirement(entry: Any) -> Requirement:
+    return Requirement(
+        tuple(str(d) for d in entry["distributions"]),
+        entry.get("affected_from"),
+        entry.get("fixed_in"),
+    )
+
+
 def parse(document: Any) -> tuple[KnownBug, ...]:
     """Validate the data file's content; raises ValueError naming the bad entry."""
     bugs = []
@@ -115,12 +187,18 @@ def parse(document: Any) -> tuple[KnownBug, ...]:
                 issue=str(entry["issue"]),
                 fix=entry.get("fix"),
                 remedy=entry.get("remedy"),
+                requires=tuple(_requirement(r) for r in entry.get("requires", ())),
+                python_below=entry.get("python_below"),
             )
-            for bound in (bug.affected_from, bug.fixed_in):
+            for bound in (bug.affected_from, bug.fixed_in) + tuple(
+                b for r in bug.requires for b in (r.affected_from, r.fixed_in)
+            ):
                 if bound is not None:
                     version_key(bound)
             if not bug.frames or not bug.distributions:
                 raise ValueError("frames and distributions must not be empty")
+            if bug.fixed_in is None and not bug.remedy:
+                raise ValueError("an entry without a fixed release needs a remedy")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{DATA_FILE}: entry {i}: {exc!r}") from None
         bugs.append(bug)
@@ -130,49 +208,40 @@ def parse(document: Any) -> tuple[KnownBug, ...]:
 @functools.lru_cache(maxsize=1)
 def known_bugs() -> tuple[KnownBug, ...]:
     """The shipped table, read once."""
-    # Imported here, at the first violation: importlib.resources/metadata
-    # weigh ~1 MiB, which a process that never breaks a scope need not pay.
-    from importlib import resources
-
-    text = resources.files(__package__).joinpath(DATA_FILE).read_text(encoding="utf-8")
-    return parse(json.loads(text))
+    path = os.path.join(os.path.dirname(__file__), DATA_FILE)
+    with open(path, encoding="utf-8") as f:
+        return parse(json.load(f))
 
 
-@functools.lru_cache(maxsize=256)
-def installed_version(distributions: tuple[str, ...]) -> str | None:
-    """Version of the first of ``distributions`` that is installed (cached: the
-    code already imported does not change when the files on disk do)."""
-    from importlib import metadata
-
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def match(violation: Violation, bugs: Iterable[KnownBug]) -> str | None:
-    """Advice of the first entry whose frames and installed version both match."""
+def match(report: Report, bugs: Iterable[KnownBug]) -> str | None:
+    """Advice of the first library entry that matches, and of every matching
+    ``any``-stack entry (bugs of anyio itself), joined."""
+    library: str | None = None
+    extra: list[str] = []
     for bug in bugs:
-        if not bug.matches_stack(violation):
+        if (library is not None and bug.stack != "any") or not bug.matches_stack(report):
             continue
-        version = installed_version(bug.distributions)
+        version = _packages.version_of(bug.distributions)
         if version is None:
             continue
         try:
-            affected = bug.affects(version)
+            affected = bug.affects(version) and bug.conditions_hold()
         except ValueError:
             continue  # an installed version we cannot order: say nothing
-        if affected:
-            return bug.advice(version)
-    return None
+        if not affected:
+            continue
+        if bug.stack == "any":
+            extra.append(bug.advice(version))
+        else:
+            library = bug.advice(version)
+    parts = ([library] if library else []) + extra
+    return "; also: ".join(parts) if parts else None
 
 
-def advise(violation: Violation) -> str | None:
-    """Advice for a violation that matches a known upstream bug, else None."""
+def advise(report: Report) -> str | None:
+    """Advice for a report that matches known upstream bugs, else None."""
     try:
-        return match(violation, known_bugs())
+        return match(report, known_bugs())
     except Exception:
         # Advice is a bonus: never let it cost the report itself.
         return None

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._run import add_arguments as add_run_arguments
+from ._cli_run import add_arguments as add_run_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="run miniature reproductions of the two seed bugs, traced"
+        "demo", help="run miniature reproductions of two real bugs and their fixes, traced"
     )
     demo.add_argument(
         "--backend", choices=("asyncio", "trio", "all"), default="all",
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(run)
     report = sub.add_parser(
-        "report", help="summarise a jsonl file (SCOPETRACE_EXPORTER=jsonl) by kind, cause and site"
+        "report",
+        help="summarise a jsonl file (SCOPETRACE_EXPORTER=jsonl) by culprit, kind, cause and site",
     )
     report.add_argument(
         "files", nargs="+", metavar="FILE", help="jsonl file(s); - reads standard input"
@@ -44,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args.backend, out=sys.stdout)
     if args.command == "run":
-        from ._run import run
+        from ._cli_run import run
 
         return run(args)
     if args.command == "report":
-        from ._summary import report
+        from ._cli_report import report
 
         return report(args.files)
     return 2  # pragma: no cover - argparse rejects unknown commands

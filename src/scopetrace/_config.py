@@ -1,9 +1,16 @@
 """Options: one place that knows every setting, its default and its variable.
 
 Each option is an :func:`scopetrace.install` keyword and a ``SCOPETRACE_*``
-environment variable.  A bad value never stops the application: it gets one
-warning naming the variable, the bad value and what is accepted, and the
-default is used instead.
+environment variable (docs/configuration.md has the table).
+
+* A keyword is the programmer's: an unknown one raises ``TypeError``, a bad
+  value ``ValueError``, at once.
+* A variable is the operator's and never stops the application: a bad value
+  gets one warning naming the variable, the value and what is accepted, and
+  the default is used; an empty value means the default; a ``SCOPETRACE_*``
+  name that is no option gets one warning (with the closest name).  Warnings
+  are ``ConfigWarning``\\ s; where warnings are errors (``-W error``) the same
+  text goes to stderr instead of raising, and tracing stays on.
 """
 
 from __future__ import annotations
@@ -11,18 +18,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 ENV_PREFIX = "SCOPETRACE_"
+#: The on switch, read at interpreter start-up (see _activate).
+SWITCH = "SCOPETRACE"
+#: Oldest anyio supported: the first whose task groups work with asyncio's
+#: eager task factory.  pyproject.toml's dependency says the same (tested).
+ANYIO_FLOOR = "4.7"
+#: Variables of scopetrace's that are not options: read at build time, or by
+#: the project's own tests and CI.
+OTHER_VARIABLES = ("SCOPETRACE_NO_EXTENSIONS",)
+OTHER_PREFIXES = ("SCOPETRACE_TEST_", "SCOPETRACE_CI_")
 
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigWarning(UserWarning):
     """A scopetrace setting had a value it cannot use; the default applies."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Parser:
+    parse: Callable[[str], Any]
+    #: What is accepted, in words (for warnings, errors and ``--help``).
+    accepted: str
 
 
 def _bool(text: str) -> bool:
@@ -34,48 +58,44 @@ def _bool(text: str) -> bool:
     raise ValueError
 
 
-def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+BOOL = Parser(_bool, "1/true/yes/on or 0/false/no/off")
+
+
+def _int_range(lo: int, hi: int) -> Parser:
     def parse(text: str) -> int:
         value = int(text.strip())
         if not lo <= value <= hi:
             raise ValueError
         return value
 
-    parse.accepted = f"an integer from {lo} to {hi}"  # type: ignore[attr-defined]
-    return parse
+    return Parser(parse, f"an integer from {lo} to {hi}")
 
 
-def _float_range(lo: float, hi: float) -> Callable[[str], float]:
+def _float_range(lo: float, hi: float) -> Parser:
     def parse(text: str) -> float:
         value = float(text.strip())
-        if not lo <= value <= hi:
+        if not lo <= value <= hi:  # also refuses nan
             raise ValueError
         return value
 
-    parse.accepted = f"a number from {lo:g} to {hi:g}"  # type: ignore[attr-defined]
-    return parse
+    return Parser(parse, f"a number from {lo:g} to {hi:g}")
 
 
-def _choice(*values: str) -> Callable[[str], str]:
+def _choice(*values: str) -> Parser:
     def parse(text: str) -> str:
         low = text.strip().lower()
         if low not in values:
             raise ValueError
         return low
 
-    parse.accepted = "one of " + ", ".join(values)  # type: ignore[attr-defined]
-    return parse
+    return Parser(parse, "one of " + ", ".join(values))
 
-
-_bool.accepted = "1/true/yes/on or 0/false/no/off"  # type: ignore[attr-defined]
 
 def _path(text: str) -> str:
-    if not text.strip():
+    if not text.strip() or "\0" in text:
         raise ValueError
     return text
 
-
-_path.accepted = "a non-empty file path"  # type: ignore[attr-defined]
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -98,15 +118,15 @@ class Options:
     #: Level of the log record emitted per violation.
     log_level: str = "error"
     #: Most entering records kept for open scopes (~0.5 KB each at the default
-    #: depth); past it the oldest go, so a leak cannot grow memory.
+    #: depth); past it those of dead scopes and tasks go first, then the oldest.
     max_open_scopes: int = 20_000
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
+PARSERS: dict[str, Parser] = {
     "stack_depth": _int_range(0, 128),
-    "exception_notes": _bool,
+    "exception_notes": BOOL,
     "exporter": _choice("console", "jsonl", "otlp", "none"),
-    "jsonl_path": _path,
+    "jsonl_path": Parser(_path, "a non-empty file path"),
     "rate_limit": _float_range(0.0, 1e9),
     "log_level": _choice(*_LOG_LEVELS),
     "max_open_scopes": _int_range(1_000, 100_000_000),
@@ -114,58 +134,113 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 
 def env_name(field: str) -> str:
-    """The environment variable of an option: ``stack_depth`` → ``SCOPETRACE_STACK_DEPTH``."""
+    """The environment variable of an option: ``stack_depth`` -> ``SCOPETRACE_STACK_DEPTH``."""
     return ENV_PREFIX + field.upper()
 
 
 def accepted(field: str) -> str:
     """What an option accepts, in words (for warnings and ``--help``)."""
-    return str(getattr(_PARSERS[field], "accepted", ""))
+    return PARSERS[field].accepted
 
 
-def warn_invalid(source: str, value: object, accepted: str, outcome: str, stacklevel: int = 3) -> None:
-    """The one warning for a bad setting: what was given, what is accepted, what happens."""
-    warnings.warn(
-        f"scopetrace: {source}={value!r} is not valid (accepted: {accepted}); {outcome}",
-        ConfigWarning,
-        stacklevel=stacklevel,
-    )
+def say(text: str) -> None:
+    """One line on stderr, prefixed ``scopetrace:``; never raises."""
+    try:
+        print(f"scopetrace: {text}", file=sys.stderr, flush=True)
+    except Exception:
+        pass
 
 
-def _warn(source: str, value: object, field: str) -> None:
-    default = getattr(Options, field)
-    warn_invalid(source, value, accepted(field), f"using the default {default!r}", stacklevel=5)
+_warned: set[str] = set()
+
+
+def warn(message: str, key: str | None = None, stacklevel: int = 3) -> None:
+    """One ConfigWarning per ``key`` per process; on stderr where warnings raise."""
+    key = key or message
+    if key in _warned:
+        return
+    _warned.add(key)
+    try:
+        warnings.warn(f"scopetrace: {message}", ConfigWarning, stacklevel=stacklevel)
+    except Warning:
+        # -W error: the operator still gets the message, the application
+        # still starts, and tracing stays on with the default.
+        say(message)
+
+
+def warn_invalid(source: str, value: object, what: str, outcome: str) -> None:
+    """The one warning for a bad variable: what was given, what is accepted, what happens."""
+    warn(f"{source}={value!r} is not valid (accepted: {what}); {outcome}", stacklevel=4)
 
 
 def resolve(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
-    """Merge ``install()`` keywords over ``SCOPETRACE_*`` variables over defaults."""
+    """Merge ``install()`` keywords over ``SCOPETRACE_*`` variables over defaults.
+
+    Raises TypeError/ValueError for bad keywords; bad variables only warn.
+    """
     environ = os.environ if environ is None else environ
+    unknown = [name for name in kwargs if name not in PARSERS]
+    if unknown:
+        raise TypeError(
+            f"install() got an unexpected keyword argument {unknown[0]!r} "
+            f"(options: {', '.join(PARSERS)}, tracer_provider, meter_provider)"
+        )
     values: dict[str, Any] = {}
-    for name in kwargs:
-        if name not in _PARSERS:
-            warnings.warn(
-                f"scopetrace: install() has no option {name!r} (accepted: "
-                f"{', '.join(_PARSERS)}); ignoring it",
-                ConfigWarning,
-                stacklevel=3,
-            )
-    for field in _PARSERS:
-        parse = _PARSERS[field]
+    for field, parser in PARSERS.items():
         if field in kwargs:
             raw = kwargs[field]
+            text = ("1" if raw else "0") if isinstance(raw, bool) else str(raw)
             try:
-                values[field] = parse(str(raw))
+                values[field] = parser.parse(text)
             except (ValueError, TypeError):
-                _warn(field, raw, field)
+                raise ValueError(
+                    f"install({field}={raw!r}): not valid (accepted: {parser.accepted})"
+                ) from None
             continue
         text = environ.get(env_name(field))
-        if text is None:
-            continue
+        if text is None or not text.strip():
+            continue  # unset or empty: the default
         try:
-            values[field] = parse(text)
+            values[field] = parser.parse(text)
         except (ValueError, TypeError):
-            _warn(env_name(field), text, field)
+            default = getattr(Options, field)
+            warn_invalid(env_name(field), text, parser.accepted, f"using the default {default!r}")
+    missing = _otlp_missing() if values.get("exporter") == "otlp" else None
+    if missing is not None:
+        warn(
+            f"{env_name('exporter')}='otlp' needs {missing} (pip install 'scopetrace[otlp]'); "
+            "reporting on stderr ('console') instead",
+            key="otlp-missing",
+        )
+        values["exporter"] = "console"
     return Options(**values)
+
+
+def _otlp_missing() -> str | None:
+    """The first module the ``otlp`` exporter needs that is not installed."""
+    import importlib.util
+
+    for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def warn_environment(environ: Mapping[str, str] | None = None) -> None:
+    """One warning per ``SCOPETRACE_*`` variable that is no option (a typo)."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(field) for field in PARSERS} | {SWITCH, *OTHER_VARIABLES}
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(OTHER_PREFIXES):
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warn(f"{name} is not a scopetrace setting{hint}; it is ignored", key=name)
 
 
 def log_level_number(options: Options) -> int:

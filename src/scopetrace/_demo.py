@@ -1,4 +1,4 @@
-"""``scopetrace demo``: the two seed bugs in miniature, traced, and their fixes.
+"""``scopetrace demo``: two real bugs in miniature, traced, and their fixes.
 
 1. Async-generator teardown (claude-agent-sdk #983): a task group entered
    inside an async generator is exited by the event loop's finalizer task.
@@ -19,10 +19,10 @@ from typing import IO, Any
 
 import anyio
 
-from ._install import current_runtime, install, is_installed, uninstall
-from ._violation import Violation
+from ._install import current_runtime, flush, install, is_installed, uninstall
+from ._report import Report, format_incident
 
-# -- seed 000: a task group inside an async generator -------------------------
+# -- claude-agent-sdk #983: a task group inside an async generator -------------------------
 
 
 async def _query() -> AsyncIterator[str]:
@@ -57,9 +57,9 @@ async def _consume_and_close() -> None:
 
 
 async def _gather(*calls: tuple[Callable[..., Any], tuple[Any, ...]]) -> None:
-    """Run calls as plain event-loop tasks, started in order, as the seeds do.
+    """Run calls as plain event-loop tasks, started in order, as the real bugs did.
 
-    asyncio.gather() (seed 003) or a raw trio nursery; not anyio task groups,
+    asyncio.gather() (as pydantic-ai does) or a raw trio nursery; not anyio task groups,
     whose children (anyio >= 4.16) close their own scope at the end and so
     catch a leaked scope sooner, in the opener.
     """
@@ -96,7 +96,7 @@ async def _settle() -> None:
         await anyio.sleep(0.005)
 
 
-# -- seed 003: a shared, ref-counted connection --------------------------------
+# -- pydantic-ai #2355: a shared, ref-counted connection --------------------------------
 
 
 class SharedConnectionBuggy:
@@ -198,10 +198,10 @@ SCENARIOS: list[tuple[str, str, bool]] = [
 ]
 
 
-def _run_scenario(name: str, backend: str) -> tuple[list[Violation], list[BaseException]]:
+def _run_scenario(name: str, backend: str) -> tuple[list[Report], list[BaseException]]:
     runtime = current_runtime()
     assert runtime is not None
-    seen: list[Violation] = []
+    seen: list[Report] = []
     runtime.reporter.listeners.append(seen.append)
     errors: list[BaseException] = []
     func = globals()[name]
@@ -217,6 +217,7 @@ def _run_scenario(name: str, backend: str) -> tuple[list[Violation], list[BaseEx
 
     try:
         anyio.run(main, backend=backend)
+        flush()
     finally:
         runtime.reporter.listeners.remove(seen.append)
     return seen, errors
@@ -246,18 +247,23 @@ def run_demo(backend: str, out: IO[str]) -> int:
                     print(f"\n--- {title}: skipped on trio (trio reports it itself)", file=out)
                     continue
                 seen, errors = _run_scenario(name, be)
-                verdict = ("reported" if seen else "no report") + (
-                    " (as expected)" if bool(seen) == expect else " (UNEXPECTED)"
+                violated = any(report.is_violation for report in seen)
+                verdict = ("reported" if violated else "no report") + (
+                    " (as expected)" if violated == expect and (seen or not expect)
+                    else " (UNEXPECTED)"
                 )
-                failures += bool(seen) != expect
+                failures += violated != expect or (not expect and bool(seen))
                 print(f"\n--- {title}: {verdict}", file=out)
                 for exc in errors:
                     first_line = str(exc).splitlines()[0] if str(exc) else ""
                     print(f"    the application saw: {type(exc).__name__}: {first_line}", file=out)
                     for note in getattr(exc, "__notes__", ()):
                         print(f"      note: {note}", file=out)
-                for violation in seen:
-                    print(violation.format(), file=out)
+                incidents: dict[str, list[Report]] = {}
+                for report in seen:
+                    incidents.setdefault(report.incident_id, []).append(report)
+                for reports in incidents.values():
+                    print(format_incident(reports), file=out)
     finally:
         if not was_installed:
             uninstall()

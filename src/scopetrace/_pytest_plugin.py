@@ -7,10 +7,16 @@ nothing of scopetrace until it is enabled).
 
 Applications often swallow the error (``gather(..., return_exceptions=True)``,
 a background task whose exception is never retrieved, ``except Exception``);
-the plugin hears every violation from the reporter itself, so the test that
-ran the code fails with the full report even then.  ``--scopetrace-warn`` (ini
-``scopetrace_warn = true``) turns those failures into warnings, and the marker
-``@pytest.mark.scopetrace_allow`` exempts a test that breaks scopes on purpose.
+the plugin hears every report from the reporter itself, so the test that ran
+the code fails with the full report even then.
+
+* A violation fails the test phase (setup, call, teardown) it happened in;
+  ``--scopetrace-warn`` (ini ``scopetrace_warn = true``) turns failures into
+  warnings, and ``@pytest.mark.scopetrace_allow`` exempts a test.
+* An orphan warning (a task ended with a scope open: a fixture's scope left in
+  a dead runner task, anyio#1179) becomes a warning on the test during which
+  it fired; the later violation of the same scope -- often in another test's
+  teardown -- says where it began.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ _PHASES = ("setup", "call", "teardown")
 
 
 class ScopeTraceWarning(UserWarning):
-    """A cancel scope violation happened during a test (``--scopetrace-warn``)."""
+    """A cancel scope violation or orphaned scope during a test."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,20 +70,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _Tracer:
-    """Installs scopetrace for the session and pins violations on tests."""
+    """Installs scopetrace for the session and pins reports on tests."""
 
     def __init__(self, warn: bool) -> None:
         self.warn = warn
         self._lock = threading.Lock()
-        self._pending: list[Any] = []  # violations since the last phase ended
+        self._pending: list[Any] = []  # reports since the last phase ended
         self.outside: list[Any] = []  # violations outside any test phase
         self.failed: dict[str, int] = {}  # nodeid -> violations pinned on it
+        #: incident id -> "nodeid (phase)" where its orphan warning fired
+        self._orphaned_in: dict[str, str] = {}
         self._installed_here = False
 
     # -- subscription --------------------------------------------------------
-    def _listen(self, violation: Any) -> None:
+    def _listen(self, report: Any) -> None:
         with self._lock:
-            self._pending.append(violation)
+            self._pending.append(report)
 
     def _attach(self) -> None:
         """Make sure scopetrace is installed and we hear its reporter.
@@ -102,6 +110,9 @@ class _Tracer:
             runtime.reporter.listeners.append(self._listen)
 
     def _take(self) -> list[Any]:
+        from ._install import flush
+
+        flush()  # reports are delivered on a background thread: wait for them
         with self._lock:
             taken, self._pending = self._pending, []
         return taken
@@ -113,7 +124,7 @@ class _Tracer:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        self.outside.extend(self._take())
+        self.outside.extend(r for r in self._take() if r.is_violation)
         self._attach()
 
     @pytest.hookimpl(hookwrapper=True)
@@ -124,10 +135,21 @@ class _Tracer:
         report: pytest.TestReport = outcome.get_result()
         if call.when not in _PHASES:
             return
-        violations = self._take()
-        if not violations or item.get_closest_marker("scopetrace_allow") is not None:
+        taken = self._take()
+        if not taken or item.get_closest_marker("scopetrace_allow") is not None:
             return
-        text = _render(violations, call.when)
+        where = f"{item.nodeid} ({call.when})"
+        violations = [r for r in taken if r.is_violation]
+        # An orphan warning whose violation came in the same phase is told by
+        # the violation's report; the others warn on this test.
+        told = {v.incident_id for v in violations}
+        orphans = [r for r in taken if not r.is_violation and r.incident_id not in told]
+        for orphan in orphans:
+            self._orphaned_in.setdefault(orphan.incident_id, where)
+            item.warn(ScopeTraceWarning(_render_orphan(orphan)))
+        if not violations:
+            return
+        text = _render(violations, call.when, self._orphaned_in)
         self.failed[item.nodeid] = self.failed.get(item.nodeid, 0) + len(violations)
         if self.warn:
             item.warn(ScopeTraceWarning(text))
@@ -138,7 +160,7 @@ class _Tracer:
             report.sections.append((f"scopetrace violations ({call.when})", text))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        self.outside.extend(self._take())
+        self.outside.extend(r for r in self._take() if r.is_violation)
         if not self.failed and not self.outside:
             return
         terminalreporter.section("scopetrace")
@@ -148,7 +170,7 @@ class _Tracer:
         if self.outside:
             terminalreporter.line(
                 f"{len(self.outside)} violation(s) outside any test:\n"
-                + _render(self.outside, "outside tests")
+                + _render(self.outside, "outside tests", self._orphaned_in)
             )
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -159,9 +181,27 @@ class _Tracer:
                 uninstall()
 
 
-def _render(violations: list[Any], when: str) -> str:
+def _render_orphan(report: Any) -> str:
+    return (
+        "scopetrace: a task ended with a cancel scope still open during this test "
+        f"(incident {report.incident_id}); anyio will refuse whoever exits it later\n"
+        + report.format()
+    )
+
+
+def _render(violations: list[Any], when: str, orphaned_in: dict[str, str]) -> str:
     head = (
         f"scopetrace: {len(violations)} anyio cancel scope violation(s) during {when}"
         " (reported even if the code under test swallowed the error)"
     )
-    return "\n\n".join([head, *(v.format() for v in violations)])
+    blocks = []
+    for violation in violations:
+        began = orphaned_in.get(violation.incident_id)
+        block = violation.format()
+        if began is not None:
+            block = (
+                f"  this scope was left open (orphaned) during {began}: the failure began there\n"
+                + block
+            )
+        blocks.append(block)
+    return "\n\n".join([head, *blocks])

@@ -1,9 +1,11 @@
 """Per-key token buckets, so a violation storm exports a bounded number of spans.
 
 A bug in a hot loop can fail thousands of times a second, every time at the
-same two sites.  Spans, events and logs are limited per key; the counter
-metric is not (it stays exact), and the next span let through for a key says
-how many were held back.
+same two sites.  Spans, events, logs and exporter lines are limited per key;
+the counter is not (it stays exact).  What is held back is never lost: the
+next report let through for its key carries the count, and a key that goes
+quiet with some still held back hands them to :meth:`RateLimiter.quiet`, so
+the reporter can say so once.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class RateLimiter:
         self.max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> [tokens, last refill time, suppressed since last allowed]
+        # key -> [tokens, last refill time, held back since the last one let through]
         self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()
+        #: Held-back counts of keys pushed out of the table, not yet taken.
+        self._evicted: list[tuple[Hashable, int]] = []
 
     def allow(self, key: Hashable) -> int | None:
-        """None to suppress; else how many were suppressed for the key since
-        the last report let through."""
+        """None to hold this one back; else how many were held back for the
+        key since the last one let through."""
         if self.rate <= 0:
             return 0  # 0 means unlimited
         now = self._clock()
@@ -43,9 +47,11 @@ class RateLimiter:
                 bucket = [self.burst, now, 0]
                 self._buckets[key] = bucket
                 if len(self._buckets) > self.max_keys:
-                    # The least recently seen key goes; at worst it gets a
-                    # fresh burst if it comes back.
-                    self._buckets.popitem(last=False)
+                    # The least recently seen key goes; what it held back is
+                    # kept for quiet(), and it gets a fresh burst if it returns.
+                    old_key, old = self._buckets.popitem(last=False)
+                    if old[2]:
+                        self._evicted.append((old_key, int(old[2])))
             else:
                 self._buckets.move_to_end(key)
                 bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
@@ -54,6 +60,22 @@ class RateLimiter:
                 bucket[2] += 1
                 return None
             bucket[0] -= 1.0
-            suppressed = int(bucket[2])
+            held = int(bucket[2])
             bucket[2] = 0
-            return suppressed
+            return held
+
+    def quiet(self, after: float | None = None) -> list[tuple[Hashable, int]]:
+        """Keys still holding some back and not seen for ``after`` seconds
+        (default: long enough for the next one to be let through), with their
+        counts, which are then reset; ``after=0`` takes every held-back count."""
+        if after is None:
+            after = 1.0 / self.rate if self.rate > 0 else 0.0
+        now = self._clock()
+        taken: list[tuple[Hashable, int]] = []
+        with self._lock:
+            taken, self._evicted = self._evicted, []
+            for key, bucket in self._buckets.items():
+                if bucket[2] and now - bucket[1] >= after:
+                    taken.append((key, int(bucket[2])))
+                    bucket[2] = 0
+        return taken

@@ -1,10 +1,16 @@
 /*
  * scopetrace._speedups -- the hot-path stack recorder, in C.
  *
- * capture(var, depth) builds exactly the tuple that
- * scopetrace._capture._py_capture builds:
+ * capture(var, depth, scope, task) builds exactly the tuple that
+ * scopetrace._record._py_capture builds (the record layout is documented
+ * there):
  *
- *     (time_ns, var.get(None), code_0, lasti_0, code_1, lasti_1, ...)
+ *     (ref(scope), ref(task), time_ns, var.get(None),
+ *      code_0, lasti_0, code_1, lasti_1, ...)
+ *
+ * The two weak references tie the record to the scope and the task it
+ * describes without keeping either alive: a record whose scope has died is
+ * stale, and one whose task has died goes first when the table is evicted.
  *
  * Frames are listed innermost first, at most `depth` of them, starting at the
  * caller of the patched __enter__.  The Python fallback skips two frames
@@ -22,6 +28,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h> /* 3.10: the frame struct, for f_lasti */
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
@@ -68,12 +75,19 @@
  * released: they are module-level functions of the loops. */
 #define MAX_LOOP_FRAMES 8
 static PyObject *loop_codes[MAX_LOOP_FRAMES];
-static int n_loop_codes = 0;
+/* Published count: stop_at() fills a slot, then raises the count with release
+ * order; capture() reads the count with acquire order and only the slots
+ * below it.  Slots are never changed once published, so readers need no lock
+ * (free-threaded builds run capture() in many threads at once); writers are
+ * serialised by stop_at_lock. */
+static atomic_int n_loop_codes = 0;
+static PyThread_type_lock stop_at_lock = NULL;
 
 static inline int
 is_loop_code(PyObject *code)
 {
-    for (int i = 0; i < n_loop_codes; i++) {
+    int n = atomic_load_explicit(&n_loop_codes, memory_order_acquire);
+    for (int i = 0; i < n; i++) {
         if (loop_codes[i] == code) {
             return 1;
         }
@@ -239,20 +253,41 @@ walk_lasti(Cursor frame)
 
 #endif /* WALK_INTERPRETER_FRAMES */
 
+/* A weak reference to `obj`, or None for None and for objects that cannot be
+ * weakly referenced (the record then simply cannot be checked against it). */
+static PyObject *
+weak_or_none(PyObject *obj)
+{
+    if (obj != Py_None) {
+        PyObject *ref = PyWeakref_NewRef(obj, NULL);
+        if (ref != NULL) {
+            return ref;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    return Py_NewRef(Py_None);
+}
+
 PyDoc_STRVAR(capture_doc,
-"capture($module, var, depth, /)\n"
+"capture($module, var, depth, scope, task, /)\n"
 "--\n"
 "\n"
-"Return (time_ns, var.get(None), code_0, lasti_0, ...) for at most depth\n"
-"frames, innermost first, starting at the caller of the function that\n"
-"calls capture().");
+"Return (ref(scope), ref(task), time_ns, var.get(None), code_0, lasti_0, ...)\n"
+"for at most depth frames, innermost first, starting at the caller of the\n"
+"function that calls capture().");
+
+/* Fixed fields before the first frame: see scopetrace._record. */
+#define HEAD 4
 
 static PyObject *
 capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
+    if (nargs != 4) {
         PyErr_Format(PyExc_TypeError,
-                     "capture() takes exactly 2 arguments (%zd given)", nargs);
+                     "capture() takes exactly 4 arguments (%zd given)", nargs);
         return NULL;
     }
     /* Clamp instead of raising on huge ints: the Python loop accepts any int. */
@@ -261,16 +296,16 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
 
-    PyObject *stamp = now_ns();
-    if (stamp == NULL) {
-        return NULL;
+    PyObject *head[HEAD] = {NULL, NULL, NULL, NULL};
+    if ((head[0] = weak_or_none(args[2])) == NULL
+        || (head[1] = weak_or_none(args[3])) == NULL
+        || (head[2] = now_ns()) == NULL) {
+        goto error_head;
     }
     /* An explicit Py_None default: var.get(None) ignores the var's own
      * default, and so must we. */
-    PyObject *value;
-    if (PyContextVar_Get(args[0], Py_None, &value) < 0) {
-        Py_DECREF(stamp);
-        return NULL;
+    if (PyContextVar_Get(args[0], Py_None, &head[3]) < 0) {
+        goto error_head;
     }
 
     /* The stack's depth is only known after walking it and a tuple's size is
@@ -302,7 +337,7 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             capacity = grown;
         }
         PyObject *code = walk_code(frame);
-        if (n_loop_codes && is_loop_code(code)) {
+        if (is_loop_code(code)) {
             Py_DECREF(code);
             break;
         }
@@ -326,14 +361,15 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
 #endif
 
-    PyObject *record = PyTuple_New(2 + 2 * n);
+    PyObject *record = PyTuple_New(HEAD + 2 * n);
     if (record == NULL) {
         goto error;
     }
-    PyTuple_SET_ITEM(record, 0, stamp);
-    PyTuple_SET_ITEM(record, 1, value);
+    for (int i = 0; i < HEAD; i++) {
+        PyTuple_SET_ITEM(record, i, head[i]);
+    }
     for (Py_ssize_t i = 0; i < 2 * n; i++) {
-        PyTuple_SET_ITEM(record, 2 + i, pairs[i]);
+        PyTuple_SET_ITEM(record, HEAD + i, pairs[i]);
     }
     if (pairs != stack_buf) {
         PyMem_Free(pairs);
@@ -348,8 +384,10 @@ error:
     if (pairs != stack_buf) {
         PyMem_Free(pairs);
     }
-    Py_DECREF(value);
-    Py_DECREF(stamp);
+error_head:
+    for (int i = 0; i < HEAD; i++) {
+        Py_XDECREF(head[i]);
+    }
     return NULL;
 }
 
@@ -367,15 +405,24 @@ stop_at(PyObject *Py_UNUSED(module), PyObject *code)
         PyErr_SetString(PyExc_TypeError, "stop_at() takes a code object");
         return NULL;
     }
+    PyObject *result = Py_None;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(stop_at_lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
     if (!is_loop_code(code)) {
-        if (n_loop_codes == MAX_LOOP_FRAMES) {
+        int n = atomic_load_explicit(&n_loop_codes, memory_order_relaxed);
+        if (n == MAX_LOOP_FRAMES) {
             PyErr_SetString(PyExc_OverflowError, "too many loop frames");
-            return NULL;
+            result = NULL;
         }
-        Py_INCREF(code);
-        loop_codes[n_loop_codes++] = code;
+        else {
+            /* Never released: module-level functions of the loops. */
+            loop_codes[n] = Py_NewRef(code);
+            atomic_store_explicit(&n_loop_codes, n + 1, memory_order_release);
+        }
     }
-    Py_RETURN_NONE;
+    PyThread_release_lock(stop_at_lock);
+    return Py_XNewRef(result);
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -384,11 +431,35 @@ static PyMethodDef speedups_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* loop_codes is process-wide state holding one interpreter's objects, and it
- * is updated under the GIL: say so where the interpreter asks. */
+static int
+speedups_exec(PyObject *module)
+{
+    if (stop_at_lock == NULL && (stop_at_lock = PyThread_allocate_lock()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* Which walk this build does: scopetrace._record checks the private one
+     * against the public API once, at import, and falls back on a mismatch. */
+    if (PyModule_AddIntConstant(module, "WALKS_INTERPRETER_FRAMES",
+                                WALK_INTERPRETER_FRAMES) < 0) {
+        return -1;
+    }
+    /* The minor version the headers described, to compare with the
+     * interpreter that loaded this build. */
+    return PyModule_AddIntConstant(module, "BUILT_FOR_HEX", PY_VERSION_HEX);
+}
+
+/* loop_codes holds one interpreter's objects: one interpreter per process.
+ * The shared state is the published array above (atomic count, lock for
+ * writers) and nothing else, so the module needs no GIL: declaring it keeps
+ * a free-threaded interpreter free-threaded when scopetrace is imported. */
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
 };
@@ -396,7 +467,7 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "scopetrace._speedups",
-    .m_doc = "C accelerator for scopetrace._capture (see _py_capture there).",
+    .m_doc = "C accelerator for scopetrace._record (see _py_capture there).",
     .m_size = 0,
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

@@ -20,6 +20,8 @@ VIOLATIONS_METRIC: Final = "anyio.cancel_scope.violations"
 ORPHANED_METRIC: Final = "anyio.cancel_scope.orphaned"
 #: Self-telemetry: errors caught inside scopetrace's own code.
 INTERNAL_ERRORS_METRIC: Final = "scopetrace.internal_errors"
+#: Attribute of that counter: where the error was caught.
+INTERNAL_ERROR_WHERE: Final = "scopetrace.where"
 
 #: Logger that receives one ERROR record per violation.
 LOGGER_NAME: Final = "scopetrace"
@@ -47,6 +49,35 @@ CLOSER_TASK_COROUTINE: Final = "anyio.cancel_scope.closer.task.coroutine"
 CLOSER_STACKTRACE: Final = "anyio.cancel_scope.closer.stacktrace"
 CLOSER_SITE: Final = "anyio.cancel_scope.closer.site"
 
+# --- the code to fix ----------------------------------------------------------
+#: ``path:line in function`` of the frame whose code split the scope's
+#: lifetime across tasks (or left it open): the code a fix has to change.
+CULPRIT_SITE: Final = "anyio.cancel_scope.culprit.site"
+#: Why that frame, in words.
+CULPRIT_REASON: Final = "anyio.cancel_scope.culprit.reason"
+#: The installed distribution that owns the culprit's file, and its version
+#: (absent for the application's own code).
+CULPRIT_PACKAGE: Final = "anyio.cancel_scope.culprit.package"
+CULPRIT_PACKAGE_VERSION: Final = "anyio.cancel_scope.culprit.package.version"
+
+# --- the scope in the way (not_innermost) -------------------------------------
+#: The innermost scope entered after the exited one, by the same task, and
+#: still open; and how many such scopes there are.
+BLOCKER_SITE: Final = "anyio.cancel_scope.blocker.site"
+BLOCKER_STACKTRACE: Final = "anyio.cancel_scope.blocker.stacktrace"
+BLOCKER_TASK_NAME: Final = "anyio.cancel_scope.blocker.task.name"
+BLOCKER_COUNT: Final = "anyio.cancel_scope.blocker.count"
+
+# --- test fixtures ------------------------------------------------------------
+#: The fixture whose setup and teardown ran in different tasks, and the
+#: plugin that ran it (``pytest-asyncio`` or ``anyio``).
+FIXTURE_NAME: Final = "anyio.cancel_scope.fixture.name"
+FIXTURE_RUNNER: Final = "anyio.cancel_scope.fixture.runner"
+
+# --- one failure, several reports ---------------------------------------------
+#: Shared by every report (violations and orphan warnings) of one failure.
+INCIDENT_ID: Final = "anyio.cancel_scope.incident.id"
+
 # --- ownership context (task-group scopes) ----------------------------------
 TASK_GROUP_HOST: Final = "anyio.cancel_scope.task_group.host"
 TASK_GROUP_CHILDREN: Final = "anyio.cancel_scope.task_group.children"
@@ -67,12 +98,57 @@ CAUSE_ASYNCGEN_FINALIZER: Final = "asyncgen_finalizer"
 CAUSE_SIBLING_TASK: Final = "sibling_task"
 CAUSE_OPENER_FINISHED: Final = "opener_finished"
 CAUSE_MISNESTED: Final = "misnested"
+CAUSE_FIXTURE_TEARDOWN: Final = "fixture_teardown"
 CAUSES: Final = (
     CAUSE_ASYNCGEN_FINALIZER,
     CAUSE_SIBLING_TASK,
     CAUSE_OPENER_FINISHED,
+    CAUSE_FIXTURE_TEARDOWN,
     CAUSE_MISNESTED,
 )
 
-#: Attributes put on the violations counter: low-cardinality only.
-METRIC_ATTRIBUTES: Final = (VIOLATION_KIND, VIOLATION_CAUSE, BACKEND, OPENER_SITE)
+#: Attributes put on the violations counter: low-cardinality only (the
+#: culprit's package and version, never its site).
+METRIC_ATTRIBUTES: Final = (
+    VIOLATION_KIND,
+    VIOLATION_CAUSE,
+    BACKEND,
+    OPENER_SITE,
+    CULPRIT_PACKAGE,
+    CULPRIT_PACKAGE_VERSION,
+)
+#: Attributes put on the orphaned counter.
+ORPHANED_METRIC_ATTRIBUTES: Final = (BACKEND, OPENER_SITE, CULPRIT_PACKAGE, CULPRIT_PACKAGE_VERSION)
+
+# --- Logfire: what makes the span read well there (set when logfire is imported) --
+LOGFIRE_MSG: Final = "logfire.msg"
+LOGFIRE_MSG_TEMPLATE: Final = "logfire.msg_template"
+LOGFIRE_LEVEL_NUM: Final = "logfire.level_num"
+LOGFIRE_TAGS: Final = "logfire.tags"
+#: The source-location keys Logfire shows (and never scrubs): the culprit's.
+LOGFIRE_CODE_FILEPATH: Final = "code.filepath"
+LOGFIRE_CODE_LINENO: Final = "code.lineno"
+LOGFIRE_CODE_FUNCTION: Final = "code.function"
+
+# --- Sentry: tags (keys of at most 32 characters) and the context block ---------
+SENTRY_CONTEXT: Final = "anyio_cancel_scope"
+SENTRY_TAG_KIND: Final = "scopetrace.kind"
+SENTRY_TAG_CAUSE: Final = "scopetrace.cause"
+SENTRY_TAG_BACKEND: Final = "scopetrace.backend"
+SENTRY_TAG_CULPRIT_SITE: Final = "scopetrace.culprit.site"
+SENTRY_TAG_CULPRIT_PACKAGE: Final = "scopetrace.culprit.package"
+SENTRY_TAG_CULPRIT_VERSION: Final = "scopetrace.culprit.version"
+SENTRY_TAG_OPENER_TASK: Final = "scopetrace.opener.task"
+SENTRY_TAG_CLOSER_TASK: Final = "scopetrace.closer.task"
+SENTRY_TAG_INCIDENT: Final = "scopetrace.incident"
+SENTRY_TAGS: Final = (
+    SENTRY_TAG_KIND,
+    SENTRY_TAG_CAUSE,
+    SENTRY_TAG_BACKEND,
+    SENTRY_TAG_CULPRIT_SITE,
+    SENTRY_TAG_CULPRIT_PACKAGE,
+    SENTRY_TAG_CULPRIT_VERSION,
+    SENTRY_TAG_OPENER_TASK,
+    SENTRY_TAG_CLOSER_TASK,
+    SENTRY_TAG_INCIDENT,
+)

@@ -1,28 +1,35 @@
 """asyncio backend: hooks on ``anyio._backends._asyncio.CancelScope``.
 
 anyio keeps the entering task in ``scope._host_task`` and refuses a bad exit
-*before* changing any state, so the exit hook adds nothing to a clean exit: it
-only looks at the scope once anyio has raised, and classifies from that
-untouched state (never from the message text).
+*before* changing any state, so the exit hook adds nothing to a clean exit but
+one dict pop: it only looks at the scope once anyio has raised, and describes
+what it finds from that untouched state (never from the message text).
+
+Orphans: the enter hook arms one done-callback per plain task (``gather()``
+children, ``create_task``), at the task's outermost scope, and the callback
+walks anyio's scope chain when the task ends.  Task-group children need no
+callback: on anyio < 4.14 they are armed like plain tasks; from 4.14 anyio
+runs each child inside a scope of its own, whose exit anyio refuses when the
+child left a scope open -- the exit hook then reports the orphan and the
+violation together, at no cost on the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import sys
+import threading
+import weakref
 from types import ModuleType
 from typing import Any, Callable
 
-from .. import semconv
-from .._capture import live_stack, stop_at_loop_frame
-from .._orphans import AsyncioWatcher, Orphans
+from .. import _record, semconv
+from .._diagnosis import NO_TASK, UNKNOWN_COROUTINE, Facts, TaskDescription
+from .._incidents import scope_key
 from .._runtime import Runtime
-from .._violation import (
-    Violation,
-    assemble,
-    coroutine_name,
-)
+from .._stacks import frames_of, is_task_group_child_wrapper
 
 MODULE = "anyio._backends._asyncio"
 BACKEND = "asyncio"
@@ -33,6 +40,9 @@ _FINALIZER_COROUTINES = ("async_generator_athrow", "async_generator_asend")
 # eagerly (python/cpython#122332, fixed in 3.12.5).
 _GET_CORO_CRASHES = (3, 12) <= sys.version_info[:3] < (3, 12, 5)
 
+#: Closing stacks are recorded at violations only: as deep as allowed.
+CLOSER_DEPTH = 128
+
 
 def _coro_of(task: Any) -> Any:
     if _GET_CORO_CRASHES and task.done():
@@ -40,7 +50,9 @@ def _coro_of(task: Any) -> Any:
     return task.get_coro()
 
 
-def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
+def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callable[[], None]:
+    """Patch ``module.CancelScope``; ``wraps_children``: anyio >= 4.14 runs
+    each task-group child inside a scope of its own."""
     cls = module.CancelScope
     task_states = module._task_states
     original_enter = cls.__dict__["__enter__"]
@@ -50,20 +62,20 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     var = runtime.context_var
     depth = runtime.options.stack_depth
     cap = runtime.options.max_open_scopes
-    evict = runtime.evict
+    evict = records.evict
     internal_error = runtime.internal_error
     # Where a task's stack ends: asyncio's Handle._run; with loops whose
     # handles are not Python (uvloop), whatever called the loop.
-    stop_at_loop_frame(asyncio.events.Handle._run.__code__)
-    stop_at_loop_frame(asyncio.base_events.BaseEventLoop.run_until_complete.__code__)
+    _record.stop_at_loop_frame(asyncio.events.Handle._run.__code__)
+    _record.stop_at_loop_frame(asyncio.base_events.BaseEventLoop.run_until_complete.__code__)
     if hasattr(asyncio, "Runner"):
-        stop_at_loop_frame(asyncio.Runner.run.__code__)
-    watch_children = not anyio_wraps_children()
-    watcher = AsyncioWatcher(Orphans(runtime, BACKEND), task_states, _describe, _task_group_view)
+        _record.stop_at_loop_frame(asyncio.Runner.run.__code__)
+    watcher = Watcher(runtime, task_states)
     watch = watcher.watch
     #: Weak reference to the task watch() last saw: a loop of scopes in one
     #: task then costs one call and one identity test per enter.
     last_watched = watcher.nobody
+    watch_children = not wraps_children
 
     def refused(scope: Any, exc: RuntimeError) -> None:
         # Called by __exit__ only: two frames up is the code that exited.
@@ -72,18 +84,45 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
             if host is None or not scope._active:
                 return  # the scope did exit: this error is not an ownership one
             closer = asyncio.current_task()
+            closer_raw = _record.live_stack(CLOSER_DEPTH, skip=2)
             if closer is not host:
                 kind = semconv.KIND_WRONG_TASK
                 watcher.before_violation(scope, host)
+                blockers: list[Any] = []
             else:
                 state = task_states.get(host)
                 if state is not None and state.cancel_scope is scope:
                     return
                 kind = semconv.KIND_NOT_INNERMOST
-            closer_raw = live_stack(max(depth, 8), skip=2)
-            record = records.get(id(scope))
-            violation = _build(kind, scope, host, closer, record, closer_raw, exc, task_states, runtime)
-            runtime.reporter.handle(violation, exc)
+                blockers = _open_inside(state, scope, host)
+                if wraps_children and _is_child_wrapper(scope, records):
+                    # anyio's own scope around a task-group child: the child is
+                    # ending with its scopes open.  The early warning first.
+                    watcher.report_orphans(host, blockers)
+            record = _record.lookup(records, scope)
+            facts = Facts(
+                signal=semconv.VIOLATION_SPAN,
+                backend=BACKEND,
+                opener=describe(host),
+                record=record,
+                closer=describe(closer) if closer is not None else NO_TASK,
+                closer_raw=closer_raw,
+                kind=kind,
+                closer_is_finalizer=closer is not None and _is_finalizer(closer),
+                siblings=kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states),
+                message=str(exc),
+                group=_task_group_view(scope, host),
+                closer_context=var.get(None),
+                scope_key=scope_key(scope, record[_record.TIME] if record else None),
+            )
+            if blockers:
+                inner = blockers[0]
+                facts.blocker = (describe(host)[0], _record.lookup(records, inner))
+                facts.blocker_count = len(blockers)
+            facts.incident_id = runtime.reporter.incidents.for_violation(
+                scope, closer, closer_raw, blockers
+            )
+            runtime.reporter.report(facts, exc)
         except Exception:
             internal_error("asyncio exit hook")
 
@@ -92,21 +131,20 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
         nonlocal last_watched
         result = original_enter(self)
         try:
-            records[id(self)] = capture(var, depth)
+            host = self._host_task
+            records[id(self)] = capture(var, depth, self, host)
             if len(records) > cap:
                 evict()
             # A task's outermost scope: make sure its end gets checked for
             # scopes left open (watch() registers once per task).  Plain tasks
-            # (gather() children, create_task) have no parent scope there.
-            # Task-group children are watched only where anyio < 4.14: from
-            # 4.14 anyio closes a scope of its own around each child, so a
-            # scope a child leaves open is refused there already, and watching
-            # every child cost 8% of a task-group fan-out.
+            # (gather() children, create_task) have no parent scope there;
+            # task-group children are watched only where anyio has no scope
+            # of its own around them (see the module docstring).
             parent = self._parent_scope
             if (
-                parent is None or (watch_children and parent._host_task is not self._host_task)
-            ) and self._host_task is not last_watched():
-                last_watched = watch(self._host_task)
+                parent is None or (watch_children and parent._host_task is not host)
+            ) and host is not last_watched():
+                last_watched = watch(host)
         except Exception:
             internal_error("asyncio enter hook")
         return result
@@ -136,17 +174,9 @@ def patch(module: ModuleType, runtime: Runtime) -> Callable[[], None]:
     return unpatch
 
 
-def anyio_wraps_children() -> bool:
-    """Whether anyio (>= 4.14) runs each task-group child inside its own scope."""
-    try:
-        from importlib.metadata import version
-
-        return tuple(int(p) for p in version("anyio").split(".")[:2]) >= (4, 14)
-    except Exception:
-        return False
-
-
-def _describe(task: Any) -> tuple[str, int, str, bool | None]:
+def describe(task: Any) -> TaskDescription:
+    if task is None:
+        return NO_TASK
     try:
         name = task.get_name()
     except Exception:
@@ -154,12 +184,23 @@ def _describe(task: Any) -> tuple[str, int, str, bool | None]:
     try:
         coro = coroutine_name(_coro_of(task))
     except Exception:
-        coro = coroutine_name(None)
+        coro = UNKNOWN_COROUTINE
     try:
         running: bool | None = not task.done()
     except Exception:
         running = None
     return str(name), id(task), coro, running
+
+
+def coroutine_name(coro: object) -> str:
+    """The coroutine's qualified name, never its repr (which may show arguments)."""
+    if coro is None:
+        return UNKNOWN_COROUTINE
+    try:
+        name = getattr(coro, "__qualname__", None)
+    except Exception:  # a hostile awaitable must not break the report
+        name = None
+    return name if isinstance(name, str) else type(coro).__name__
 
 
 def _is_finalizer(task: Any) -> bool:
@@ -205,39 +246,159 @@ def _task_group_view(scope: Any, host: Any) -> tuple[str | None, tuple[str, ...]
         children = {t for t in scope._tasks if t is not host}
         # anyio >= 4.14 runs each child in a scope of its own, nested in the
         # group's; the child then leaves the group scope's _tasks.
-        for child_scope in scope._child_scopes:
+        for child_scope in getattr(scope, "_child_scopes", ()):
             task = child_scope._host_task
             if task is not None and task is not host:
                 children.add(task)
-        names = tuple(sorted(_describe(t)[0] for t in children if not t.done()))
+        names = tuple(sorted(describe(t)[0] for t in children if not t.done()))
     except Exception:
         return None, ()
     if not names:
         return None, ()
-    return _describe(host)[0], names
+    return describe(host)[0], names
 
 
-def _build(
-    kind: str,
-    scope: Any,
-    host: Any,
-    closer: Any,
-    record: tuple[Any, ...] | None,
-    closer_raw: tuple[Any, ...],
-    exc: BaseException,
-    task_states: Any,
-    runtime: Runtime,
-) -> Violation:
-    return assemble(
-        kind=kind,
-        backend=BACKEND,
-        opener=_describe(host),
-        closer=_describe(closer) if closer is not None else ("<no task>", 0, "<none>", None),
-        closer_is_finalizer=closer is not None and _is_finalizer(closer),
-        siblings=kind == semconv.KIND_WRONG_TASK and _siblings(host, closer, task_states),
-        record=record,
-        closer_raw=closer_raw,
-        exc=exc,
-        group=_task_group_view(scope, host),
-        closer_context=runtime.context_var.get(None),
-    )
+def _open_inside(state: Any, scope: Any, host: Any) -> list[Any]:
+    """The scopes ``host`` entered after ``scope`` and left open, innermost first."""
+    found = []
+    inner = getattr(state, "cancel_scope", None)
+    while inner is not None and inner is not scope:
+        if inner._host_task is host and inner._active:
+            found.append(inner)
+        inner = inner._parent_scope
+    return found if inner is scope else []
+
+
+def _is_child_wrapper(scope: Any, records: dict[int, Any]) -> bool:
+    """Whether ``scope`` is the one anyio runs a task-group child in."""
+    frames = frames_of(_record.frames(_record.lookup(records, scope)))
+    if frames:
+        return is_task_group_child_wrapper(frames)
+    # Not recorded (stack_depth 0): the wrapper is the child's outermost scope.
+    parent = scope._parent_scope
+    return parent is not None and parent._host_task is not scope._host_task
+
+
+def open_scopes(state: Any, task: Any) -> list[Any]:
+    """Scopes ``task`` entered and left open, innermost first, from anyio's TaskState."""
+    found = []
+    scope = getattr(state, "cancel_scope", None)
+    while scope is not None:
+        if scope._host_task is task and scope._active:
+            found.append(scope)
+        scope = scope._parent_scope
+    return found
+
+
+class Watcher:
+    """Checks a task for open scopes when it ends (the orphan early warning).
+
+    :meth:`watch` adds one done-callback to a task, once: a table keyed by
+    ``id(task)`` remembers the tasks being watched, each entry tied to its
+    task by a weak reference, so a task destroyed while pending (its callback
+    never runs) can neither keep its entry nor hide a later task that gets
+    its address.  Dead entries are swept when the table doubles.
+    """
+
+    def __init__(self, runtime: Runtime, task_states: Any) -> None:
+        self.runtime = runtime
+        self.task_states = task_states
+        #: id(task) -> (ref(task), description taken while it ran): a task the
+        #: eager task factory ran to completion has no name or coroutine left.
+        self.watched: dict[int, tuple[Any, TaskDescription]] = {}
+        self._sweep_at = 1024
+        #: id(scope) of orphans the exit hook reported before the callback ran.
+        self._early: set[int] = set()
+        #: What the enter hook compares tasks with before any task was watched.
+        self.nobody = weakref.ref(self)
+        #: An empty context for the callbacks, one per thread (a context can
+        #: be entered by one thread at a time; a task's callbacks run in its
+        #: loop's thread).  By default each callback would hold a copy of the
+        #: application's context, and every ContextVar value in it, for as
+        #: long as its task lives (anyio's test_run_sync_worker_cyclic_references).
+        self._contexts = threading.local()
+
+    def watch(self, task: Any) -> weakref.ref[Any]:
+        """Check ``task`` for open scopes when it ends; returns a weak reference
+        to it for the enter hook's fast path (never a strong one)."""
+        ref = weakref.ref(task)
+        entry = self.watched.get(id(task))
+        if entry is not None and entry[0]() is task:
+            return ref
+        self.watched[id(task)] = (ref, describe(task))
+        if len(self.watched) > self._sweep_at:
+            self._sweep()
+        # Keep anyio's TaskState: anyio deletes it for task-group children in
+        # its own done-callback, which runs before ours.
+        try:
+            context = self._contexts.empty
+        except AttributeError:
+            context = self._contexts.empty = contextvars.Context()
+        task.add_done_callback(
+            functools.partial(self._ended, self.task_states.get(task)), context=context
+        )
+        return ref
+
+    def _sweep(self) -> None:
+        for key, (ref, _) in list(self.watched.items()):
+            if ref() is None:
+                self.watched.pop(key, None)
+        self._sweep_at = max(1024, 2 * len(self.watched))
+
+    def _ended(self, state: Any, task: Any) -> None:
+        entry = self.watched.pop(id(task), None)
+        described = entry[1] if entry is not None and entry[0]() is task else None
+        try:
+            left_open = open_scopes(state, task)
+            scopes = [
+                s for s in left_open
+                if _record.lookup(self.runtime.records, s) is not None
+                # Entered before install() (no record), or already reported
+                # by the exit hook of another task (see before_violation).
+                and id(s) not in self._early
+            ]
+            self._early.difference_update(id(s) for s in left_open)
+            if scopes:
+                self._report(scopes, task, described)
+        except Exception:
+            self.runtime.internal_error("asyncio task end check")
+
+    def before_violation(self, scope: Any, host: Any) -> None:
+        """Called when a task exits a scope whose opener has ended: done-callbacks
+        run a loop step late, so the orphan warning may not be out yet."""
+        try:
+            entry = self.watched.get(id(host))
+            if entry is None or entry[0]() is not host or not host.done() or id(scope) in self._early:
+                return
+            self._early.add(id(scope))
+            self._report([scope], host, entry[1])
+        except Exception:
+            # The violation report that follows must not be lost with it.
+            self.runtime.internal_error("asyncio orphan report")
+
+    def report_orphans(self, task: Any, scopes: list[Any]) -> None:
+        """A task-group child is ending with ``scopes`` open (anyio >= 4.14)."""
+        try:
+            recorded = [s for s in scopes if _record.lookup(self.runtime.records, s) is not None]
+            if recorded:
+                self._report(recorded, task, None)
+        except Exception:
+            self.runtime.internal_error("asyncio orphan report")
+
+    def _report(self, scopes: list[Any], task: Any, described: TaskDescription | None) -> None:
+        name, task_id, coroutine, _ = described if described is not None else describe(task)
+        incident = self.runtime.reporter.incidents.for_orphans(scopes)
+        for scope in scopes:
+            record = _record.lookup(self.runtime.records, scope)
+            host, children = _task_group_view(scope, task)
+            facts = Facts(
+                signal=semconv.ORPHANED_SPAN,
+                backend=BACKEND,
+                opener=(name, task_id, coroutine, False),
+                record=record,
+                # The host is the ended task itself: its name as described while it ran.
+                group=(name if host is not None else None, children),
+                scope_key=scope_key(scope, record[_record.TIME] if record else None),
+                incident_id=incident,
+            )
+            self.runtime.reporter.report(facts)

@@ -21,8 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ._activate import SWITCH
-from ._config import Options, accepted, env_name
+from ._config import SWITCH, Options, accepted, env_name
 
 #: The file site.py runs the start-up hook from (see setup.py).
 HOOK_FILE = "scopetrace.pth"
