@@ -71,6 +71,14 @@ KIND = sanitize(semconv.VIOLATION_KIND)
 CAUSE = sanitize(semconv.VIOLATION_CAUSE)
 BACKEND = sanitize(semconv.BACKEND)
 OPENER_SITE = sanitize(semconv.OPENER_SITE)
+#: The installed distribution that owns the culprit frame, and its version:
+#: empty for the application's own code (Prometheus stores an empty label as
+#: no label at all).  The culprit's *site* is a span attribute only: one label
+#: value per line of code would make the counter high-cardinality.
+PACKAGE = sanitize(semconv.CULPRIT_PACKAGE)
+PACKAGE_VERSION = sanitize(semconv.CULPRIT_PACKAGE_VERSION)
+#: How the dashboard shows the empty package (as ``scopetrace report`` does).
+APPLICATION = "(application)"
 #: The stable HTTP server metric (semantic conventions: histogram, unit "s").
 HTTP_REQUESTS = histogram_series(http_metrics.HTTP_SERVER_REQUEST_DURATION, "s", "count")
 HTTP_STATUS = sanitize(http_attributes.HTTP_RESPONSE_STATUS_CODE)
@@ -85,6 +93,8 @@ RATE_WINDOW = "5m"
 RATE_FOR = "5m"
 NEW_SITE_LOOKBACK = "1d"
 NEW_SITE_OFFSET = "15m"
+#: How many culprit packages the "which library" table lists.
+TOP_PACKAGES = 20
 
 # --- PromQL -----------------------------------------------------------------------
 
@@ -95,7 +105,9 @@ def selector(metric: str, *matchers: str) -> str:
 
 SERVICE = f'{JOB}=~"$job"'
 FIVE_XX = f'{HTTP_STATUS}=~"5.."'
+IN_A_LIBRARY = f'{PACKAGE}!=""'
 V = selector(VIOLATIONS, SERVICE)
+V_LIBRARY = selector(VIOLATIONS, SERVICE, IN_A_LIBRARY)
 H5 = selector(HTTP_REQUESTS, SERVICE, FIVE_XX)
 
 
@@ -105,6 +117,12 @@ def rate(series: str, window: str = "$__rate_interval") -> str:
 
 def increase(series: str, window: str = "$__range") -> str:
     return f"increase({series}[{window}])"
+
+
+def named_application(vector: str) -> str:
+    """``vector`` with the empty culprit package (the application's own code)
+    shown as APPLICATION: legends and tables then say whose code it is."""
+    return f'label_replace({vector}, "{PACKAGE}", "{APPLICATION}", "{PACKAGE}", "")'
 
 
 # --- Grafana building blocks -----------------------------------------------------
@@ -368,13 +386,86 @@ def panels() -> list[dict[str, Any]]:
         ],
     ))
 
-    p.append(row("Recent violation traces", 32))
+    p.append(row("Which library do we upgrade?", 32))
+    p.append(timeseries(
+        "Violation rate by culprit package and version",
+        "Whose code split the scope's lifetime across tasks (the culprit: the frame a "
+        "fix has to change), by the installed distribution that owns it and its "
+        f"version. {APPLICATION}: the application's own code. Labels: {PACKAGE}, "
+        f"{PACKAGE_VERSION}.",
+        grid(0, 33, 12, 9),
+        [prom(f"sum by ({PACKAGE}, {PACKAGE_VERSION}) ({named_application(rate(V))})",
+              legend=f"{{{{{PACKAGE}}}}} {{{{{PACKAGE_VERSION}}}}}")],
+    ))
+    p.append(table(
+        "Top culprit packages",
+        "Installed distributions named as the culprit of violations over the range, "
+        "worst first, with the version that did it: upgrade those that have a fixed "
+        f"release (the {semconv.ADVICE} attribute of the violation spans says so when "
+        "scopetrace knows the bug), or work around them. Services and opener sites: "
+        "how widespread. The application's own code is not listed: see Top opener "
+        "sites.",
+        grid(12, 33, 12, 9),
+        PROMETHEUS,
+        [
+            prom(f"topk({TOP_PACKAGES}, sum by ({PACKAGE}, {PACKAGE_VERSION}) "
+                 f"({increase(V_LIBRARY)}) > 0)", "A", instant=True, table=True),
+            prom(f"count by ({PACKAGE}, {PACKAGE_VERSION}) "
+                 f"(sum by ({JOB}, {PACKAGE}, {PACKAGE_VERSION}) ({increase(V_LIBRARY)}) > 0)",
+                 "B", instant=True, table=True),
+            prom(f"count by ({PACKAGE}, {PACKAGE_VERSION}) "
+                 f"(sum by ({OPENER_SITE}, {PACKAGE}, {PACKAGE_VERSION}) "
+                 f"({increase(V_LIBRARY)}) > 0)",
+                 "C", instant=True, table=True),
+        ],
+        [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {
+                "excludeByName": {"Time": True},
+                "indexByName": {PACKAGE: 0, PACKAGE_VERSION: 1, "Value #A": 2,
+                                "Value #B": 3, "Value #C": 4},
+                "renameByName": {PACKAGE: "package", PACKAGE_VERSION: "version",
+                                 "Value #A": "violations", "Value #B": "services",
+                                 "Value #C": "opener sites"},
+            }},
+            {"id": "sortBy", "options": {"sort": [{"field": "violations", "desc": True}]}},
+        ],
+        [{"matcher": {"id": "byRegexp", "options": "violations|services|opener sites"},
+          "properties": [{"id": "decimals", "value": 0}]}],
+    ))
+    p.append(table(
+        "Top culprit sites (recent traces)",
+        "The line of code to fix, with the package and version it belongs to (empty: "
+        "the application's own code), counted over the most recent violation spans in "
+        "Tempo (the culprit site is a span attribute, not a metric label).",
+        grid(0, 42, 24, 8),
+        TEMPO,
+        [traceql(violation_spans(semconv.CULPRIT_SITE, semconv.CULPRIT_PACKAGE,
+                                 semconv.CULPRIT_PACKAGE_VERSION), limit=500)],
+        [
+            {"id": "groupBy", "options": {"fields": {
+                semconv.CULPRIT_SITE: {"operation": "groupby", "aggregations": []},
+                semconv.CULPRIT_PACKAGE: {"operation": "groupby", "aggregations": []},
+                semconv.CULPRIT_PACKAGE_VERSION: {"operation": "groupby", "aggregations": []},
+                "spanID": {"operation": "aggregate", "aggregations": ["count"]},
+            }}},
+            {"id": "sortBy", "options": {"sort": [{"field": "spanID (count)", "desc": True}]}},
+            {"id": "organize", "options": {
+                "renameByName": {semconv.CULPRIT_SITE: "culprit site",
+                                 semconv.CULPRIT_PACKAGE: "package",
+                                 semconv.CULPRIT_PACKAGE_VERSION: "version",
+                                 "spanID (count)": "violation spans"},
+            }},
+        ],
+    ))
+
+    p.append(row("Recent violation traces", 50))
     p.append(table(
         "Recent violation traces",
         f"The latest {semconv.VIOLATION_SPAN} spans: which task entered the scope and "
         "where, which task exited it and where. Click a Trace ID (or Span ID) to open "
         "the trace: the violation span sits under the request that failed.",
-        grid(0, 33, 24, 10),
+        grid(0, 51, 24, 10),
         TEMPO,
         [traceql(violation_spans(
             semconv.VIOLATION_KIND, semconv.VIOLATION_CAUSE,
@@ -401,14 +492,14 @@ def panels() -> list[dict[str, Any]]:
         ],
     ))
 
-    p.append(row("Are our 500s this bug?", 43))
+    p.append(row("Are our 500s this bug?", 61))
     p.append(timeseries(
         "HTTP 5xx beside violations",
         "HTTP 5xx responses per second (OpenTelemetry HTTP server metric "
         f"{http_metrics.HTTP_SERVER_REQUEST_DURATION}, stable semantic conventions) and "
         "cancel-scope violations per second. Lines that move together answer the "
         "question.",
-        grid(0, 44, 16, 8),
+        grid(0, 62, 16, 8),
         [
             prom(f"sum({rate(H5)})", "A", "HTTP 5xx / s"),
             prom(f"sum({rate(V)})", "B", "violations / s"),
@@ -418,7 +509,7 @@ def panels() -> list[dict[str, Any]]:
     p.append(stat(
         "5xx matched by violations, now",
         "Violation rate divided by 5xx rate, capped at 100%.",
-        grid(16, 44, 8, 8),
+        grid(16, 62, 8, 8),
         prom(f"clamp_max(sum({rate(V)}) / sum({rate(H5)}), 1)"),
         unit="percentunit",
         red_at=0.5,
@@ -426,7 +517,7 @@ def panels() -> list[dict[str, Any]]:
     p.append(table(
         "Per service: 5xx and violations",
         "Over the range, per service: HTTP 5xx responses, violations, and their ratio.",
-        grid(0, 52, 24, 7),
+        grid(0, 70, 24, 7),
         PROMETHEUS,
         [
             prom(f"sum by ({JOB}) ({increase(H5)})", "A", instant=True, table=True),
@@ -527,6 +618,9 @@ def rules() -> dict[str, Any]:
     v = VIOLATIONS
     h5 = selector(HTTP_REQUESTS, FIVE_XX)
     site = f"{{{{ $labels.{OPENER_SITE} }}}}"
+    package = f"{{{{ $labels.{PACKAGE} }}}}"
+    version = f"{{{{ $labels.{PACKAGE_VERSION} }}}}"
+    v_library = selector(VIOLATIONS, IN_A_LIBRARY)
     service = f"{{{{ $labels.{JOB} }}}}"
     return {"groups": [{
         "name": "scopetrace",
@@ -547,6 +641,28 @@ def rules() -> dict[str, Any]:
                         f"(or out of order), and that site had no violation in the "
                         f"{NEW_SITE_LOOKBACK} before. See the {semconv.VIOLATION_SPAN} spans "
                         f"of {service} for the task that closed it."
+                    ),
+                },
+            },
+            {
+                "alert": "AnyioCancelScopeNewCulpritPackage",
+                "expr": (
+                    f"group by ({JOB}, {PACKAGE}, {PACKAGE_VERSION}) ({v_library})\n"
+                    f"unless on ({JOB}, {PACKAGE})\n"
+                    f"group by ({JOB}, {PACKAGE}) "
+                    f"(max_over_time({v_library}[{NEW_SITE_LOOKBACK}] offset {NEW_SITE_OFFSET}))\n"
+                ),
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": f"{package} is newly the culprit of cancel-scope violations in {service}",
+                    "description": (
+                        f"Violations in {service} name code of the installed package {package} "
+                        f"{version} as the culprit (the code a fix has to change), and no "
+                        f"violation in the {NEW_SITE_LOOKBACK} before named {package}: a new "
+                        f"dependency, or an upgrade that brought the bug. Upgrade it if a fixed "
+                        f"release exists (the {semconv.ADVICE} attribute of the "
+                        f"{semconv.VIOLATION_SPAN} spans says so when scopetrace knows the bug); "
+                        f"'{DASHBOARD_UID}' dashboard, row 'Which library do we upgrade?'."
                     ),
                 },
             },

@@ -6,8 +6,10 @@ derived from a constant (scopetrace.semconv, or the OpenTelemetry semantic
 conventions for HTTP) through dashboards/generate.py's one sanitising function;
 the committed files equal the generator's output.  End to end: a real
 Prometheus (Debian's package) scrapes the flaky-500 example service under load
-and every PromQL expression of the dashboard and of the rules returns data;
-promtool accepts the rules.
+-- twice over: as it is (the culprit is the application's own code) and with
+its buggy connection module installed as a distribution (the culprit is a
+package) -- and every PromQL expression of the dashboard and of the rules
+returns data; promtool accepts the rules.
 
 Prometheus and promtool come from ``.ci/install-prometheus.sh``.  Without them
 the tests that need them skip, unless ``CI`` is set: then they fail.
@@ -15,6 +17,8 @@ the tests that need them skip, unless ``CI`` is set: then they fail.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +86,19 @@ def rules(gen) -> dict[str, Any]:
     return yaml.safe_load(gen.RULES_PATH.read_text())
 
 
-@pytest.fixture(scope="module")
-def prometheus_binaries() -> tuple[str, str]:
+def load_harness() -> Any:
+    """examples/flaky_500/harness.py."""
     sys.path.insert(0, str(EXAMPLE))
     try:
         import harness
     finally:
         sys.path.remove(str(EXAMPLE))
-    found = harness.find_prometheus()
+    return harness
+
+
+@pytest.fixture(scope="module")
+def prometheus_binaries() -> tuple[str, str]:
+    found = load_harness().find_prometheus()
     if found is None:
         skip_or_fail("prometheus/promtool not found on PATH; run .ci/install-prometheus.sh "
                      "(Debian package 'prometheus')")
@@ -154,7 +164,7 @@ PROMQL_WORDS = {
     "sum", "count", "max", "min", "avg", "group", "topk", "bottomk", "by", "without",
     "rate", "increase", "irate", "max_over_time", "min_over_time", "clamp_max", "clamp_min",
     "and", "or", "unless", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-    "label_values", "__name__",
+    "label_replace", "label_values", "__name__",
 }
 
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$__interval": "5s", "$job": ".*"}
@@ -277,6 +287,36 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard, gen):
     beside = titles["HTTP 5xx beside violations"]["targets"]
     assert {gen.HTTP_REQUESTS in t["expr"] for t in beside} == {True, False}
 
+    # Which library do we upgrade: violations by culprit package and version...
+    assert "Which library do we upgrade?" in row_titles
+    by_package = titles["Violation rate by culprit package and version"]
+    assert by_package["type"] == "timeseries"
+    [target] = by_package["targets"]
+    assert target["expr"].startswith(f"sum by ({gen.PACKAGE}, {gen.PACKAGE_VERSION}) ")
+    assert target["legendFormat"] == f"{{{{{gen.PACKAGE}}}}} {{{{{gen.PACKAGE_VERSION}}}}}"
+    # ... the worst packages, libraries only, with their versions ...
+    top = titles["Top culprit packages"]
+    assert top["type"] == "table"
+    assert all(f'{gen.PACKAGE}!=""' in t["expr"] for t in top["targets"])
+    assert f"topk({gen.TOP_PACKAGES}, sum by ({gen.PACKAGE}, {gen.PACKAGE_VERSION})" in (
+        top["targets"][0]["expr"])
+    # ... and the line to fix, from the spans (the culprit site is not a label).
+    sites = titles["Top culprit sites (recent traces)"]
+    assert f"span.{semconv.CULPRIT_SITE}" in sites["targets"][0]["query"]
+
+
+def test_rules_have_the_alerts_the_issue_asks_for(gen, rules):
+    alerts = dict(rule_exprs(rules))
+    assert set(alerts) == {"AnyioCancelScopeNewViolationSite", "AnyioCancelScopeNewCulpritPackage",
+                           "AnyioCancelScopeViolationRateHigh",
+                           "AnyioCancelScopeViolationsWithHttp5xx"}
+    new_package = alerts["AnyioCancelScopeNewCulpritPackage"]
+    # Like the new-site rule: present now, absent from the day before; libraries
+    # only (the application's own new culprits are new opener sites).
+    assert f"unless on ({gen.JOB}, {gen.PACKAGE})" in new_package
+    assert f"[{gen.NEW_SITE_LOOKBACK}] offset {gen.NEW_SITE_OFFSET}" in new_package
+    assert new_package.count(f'{gen.PACKAGE}!=""') == 2
+
 
 # --- one source of truth for names ------------------------------------------------------------
 
@@ -302,11 +342,14 @@ def test_sanitize_names_like_the_otel_prometheus_exporter(gen):
 
     assert re.search(rf"^{gen.VIOLATIONS}{{", text, re.M), text
     assert re.search(rf"^{gen.HTTP_REQUESTS}{{", text, re.M), text
-    for label in (gen.KIND, gen.CAUSE, gen.BACKEND, gen.OPENER_SITE):
+    labels = (gen.KIND, gen.CAUSE, gen.BACKEND, gen.OPENER_SITE, gen.PACKAGE, gen.PACKAGE_VERSION)
+    for label in labels:
         assert f'{label}="x"' in text
     assert f'{gen.HTTP_STATUS}="500"' in text
-    assert {gen.sanitize(k) for k in semconv.METRIC_ATTRIBUTES} == {
-        gen.KIND, gen.CAUSE, gen.BACKEND, gen.OPENER_SITE}
+    # Exactly these labels: a new counter attribute must be a deliberate,
+    # low-cardinality choice, reflected here and in the dashboards.
+    assert {gen.sanitize(k) for k in semconv.METRIC_ATTRIBUTES} == set(labels)
+    assert semconv.CULPRIT_SITE not in semconv.METRIC_ATTRIBUTES
 
 
 def test_every_promql_name_is_derived_from_a_constant(gen, dashboard, rules):
@@ -319,6 +362,22 @@ def test_every_promql_name_is_derived_from_a_constant(gen, dashboard, rules):
     assert unknown_promql_names(gen, "sum by (anyio_cancel_scope_violation_kinds) "
                                      "(rate(anyio_cancel_scope_violations_total[5m]))")
     assert unknown_promql_names(gen, 'sum(rate(http_server_duration_milliseconds_count[5m]))')
+
+
+def test_promql_labels_are_the_counters_labels(gen, dashboard, rules):
+    """Every label queried is one the series have: the violations counter's
+    (semconv.METRIC_ATTRIBUTES), the HTTP status, or the job.  A derived name
+    that is no label -- the culprit's site, say -- would give no data."""
+    labels = {gen.sanitize(k) for k in semconv.METRIC_ATTRIBUTES} | {gen.HTTP_STATUS, gen.JOB}
+    metrics = {gen.VIOLATIONS, gen.HTTP_REQUESTS}
+    exprs = dashboard_promql(dashboard) + [(n, q, True) for n, q in variable_queries(dashboard)]
+    exprs += [(name, expr, True) for name, expr in rule_exprs(rules)]
+    for where, expr, _ in exprs:
+        used = promql_identifiers(expr) - PROMQL_WORDS - metrics
+        assert used <= labels, f"{where}: {sorted(used - labels)} in {expr}"
+        # label_replace's label arguments are strings, invisible above.
+        for label in re.findall(r'label_replace\(.*?, "(\w+)", "[^"]*", "(\w+)"', expr):
+            assert set(label) <= labels, f"{where}: {label}"
 
 
 def test_alert_annotations_use_derived_labels(gen, rules):
@@ -409,52 +468,131 @@ def test_example_prometheus_config_and_grafana_provisioning():
 # --- against a real Prometheus ----------------------------------------------------------------
 
 
-def test_promtool_accepts_the_rules(gen, prometheus_binaries):
+def test_promtool_accepts_the_rules(gen, rules, prometheus_binaries):
     _, promtool = prometheus_binaries
     out = subprocess.run([promtool, "check", "rules", str(gen.RULES_PATH)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 3 rules found" in out.stdout
+    assert f"SUCCESS: {len(rule_exprs(rules))} rules found" in out.stdout
 
 
-def test_every_query_returns_data_from_a_real_prometheus(gen, dashboard, rules, prometheus_binaries):
-    """Prometheus scrapes the example under load; every dashboard and rule query has data."""
+#: The distribution the example's connections module is installed as, for the
+#: run whose culprit is a package.
+LIBRARY = ("flaky500-connections", "0.9.0")
+APP_JOB, LIBRARY_JOB = "flaky-500", "flaky-500-library"
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return f"sha256={digest.decode()}"
+
+
+def install_connections_as_a_library(root: Path) -> Path:
+    """A site directory holding the example's own ``connections.py``, unchanged,
+    as the installed distribution LIBRARY, laid out as pip installs a wheel
+    (``*.dist-info`` with METADATA, top_level.txt and a RECORD with hashes).
+
+    This is seed 003's real shape -- the shared, ref-counted connection lives in
+    a dependency (pydantic-ai's MCP client), not in the application -- and
+    scopetrace, not the test, works out the culprit's package from it.
+    """
+    site = root / "site-packages"
+    site.mkdir()
+    name, version = LIBRARY
+    meta = f"{name.replace('-', '_')}-{version}.dist-info"
+    files = {
+        "connections.py": (EXAMPLE / "connections.py").read_bytes(),
+        f"{meta}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{meta}/top_level.txt": b"connections\n",
+        f"{meta}/INSTALLER": b"pip\n",
+    }
+    record = [f"{rel},{_record_hash(data)},{len(data)}" for rel, data in files.items()]
+    files[f"{meta}/RECORD"] = ("\n".join([*record, f"{meta}/RECORD,,"]) + "\n").encode()
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    return site
+
+
+def import_connections_from(service: Any, site: Path, harness: Any) -> None:
+    """Start ``service`` with its ``connections`` module imported from ``site``.
+
+    service.py puts its own directory first on sys.path and imports
+    ``connections``; importing it from ``site`` beforehand, after activating
+    scopetrace as the service's activation does, is all that differs.
+    """
+    script = service.argv.index(str(harness.SERVICE))
+    install = "import scopetrace; scopetrace.install(); " if service.activation == "launcher" else ""
+    preload = (f"import runpy, sys; {install}sys.path.insert(0, {str(site)!r}); "
+               "import connections; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    service.argv = [sys.executable, "-c", preload, *service.argv[script:]]
+
+
+def test_every_query_returns_data_from_a_real_prometheus(gen, dashboard, rules, prometheus_binaries,
+                                                         tmp_path):
+    """Prometheus scrapes the example under load; every dashboard and rule query has data.
+
+    Two services, two jobs: APP_JOB is the example as it is (the culprit of its
+    violations is the application's own code: no package); LIBRARY_JOB runs the
+    same code with its connection module installed as a distribution (the
+    culprit is that package), so the per-package panels and the new-package
+    alert are proven on series scopetrace produced, not on a hand-made point.
+    """
     prometheus_bin, _ = prometheus_binaries
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import harness
-    finally:
-        sys.path.remove(str(EXAMPLE))
+    harness = load_harness()
     activation = "env" if harness.startup_hook_active() else "launcher"
     print(f"\nscopetrace activation used by the Prometheus test: {activation}")
+    site = install_connections_as_a_library(tmp_path)
 
-    job = "flaky-500"
-    with harness.Service(fixed=False, activation=activation, latency="staggered") as service:
-        config = harness.prometheus_config({job: f"127.0.0.1:{service.metrics_port}"},
-                                           interval="1s", rule_files=[gen.RULES_PATH])
+    app = harness.Service(fixed=False, activation=activation, latency="staggered")
+    library = harness.Service(fixed=False, activation=activation, latency="staggered")
+    import_connections_from(library, site, harness)
+    jobs = {APP_JOB: app, LIBRARY_JOB: library}
+    with app, library:
+        config = harness.prometheus_config(
+            {job: f"127.0.0.1:{s.metrics_port}" for job, s in jobs.items()},
+            interval="1s", rule_files=[gen.RULES_PATH])
         with harness.Prometheus(config, binary=prometheus_bin) as prom:
             # Load across several scrapes, so every rate() has increases to see.
-            load = harness.run_load(service.url, "--duration", "6", "-c", "8")
-            assert load["500"] > 0 and load["500"] == load["requests"], load
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                running = {job: pool.submit(harness.run_load, s.url, "--duration", "6", "-c", "6")
+                           for job, s in jobs.items()}
+                loads = {job: future.result() for job, future in running.items()}
+            for load in loads.values():
+                assert load["500"] > 0 and load["500"] == load["requests"], loads
 
             # Wait for a scrape that holds the final counts: one violation per 500.
             totals = {
-                "violations": f"sum({gen.VIOLATIONS})",
-                "HTTP 500": f'sum({gen.HTTP_REQUESTS}{{{gen.HTTP_STATUS}="500"}})',
+                "violations": f"sum by ({gen.JOB}) ({gen.VIOLATIONS})",
+                "HTTP 500": f'sum by ({gen.JOB}) ({gen.HTTP_REQUESTS}{{{gen.HTTP_STATUS}="500"}})',
             }
+            expected = {name: {job: loads[job]["500"] for job in jobs} for name in totals}
 
-            def counts() -> dict[str, float | None]:
-                return {name: (float(r[0]["value"][1]) if (r := prom.query(q)) else None)
+            def counts() -> dict[str, dict[str, float]]:
+                return {name: {r["metric"][gen.JOB]: float(r["value"][1]) for r in prom.query(q)}
                         for name, q in totals.items()}
 
             deadline = time.monotonic() + 15
-            while (seen := counts()) != dict.fromkeys(totals, load["500"]):
+            while (seen := counts()) != expected:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
-            assert seen == dict.fromkeys(totals, load["500"]), (seen, load)
+            assert seen == expected, (seen, loads)
+
+            # scopetrace named the culprits: no package for the application's
+            # code (an empty label, which Prometheus stores as none), the
+            # distribution and its version for the installed module.
+            culprits = {
+                (r["metric"][gen.JOB], r["metric"].get(gen.PACKAGE, ""),
+                 r["metric"].get(gen.PACKAGE_VERSION, ""))
+                for r in prom.query(f"group by ({gen.JOB}, {gen.PACKAGE}, {gen.PACKAGE_VERSION}) "
+                                    f"({gen.VIOLATIONS})")
+            }
+            assert culprits == {(APP_JOB, "", ""), (LIBRARY_JOB, *LIBRARY)}, culprits
 
             empty = []
+            results: dict[str, list[dict[str, Any]]] = {}
             for where, expr, instant in dashboard_promql(dashboard):
                 query = substitute(expr)
                 if instant:
@@ -462,37 +600,68 @@ def test_every_query_returns_data_from_a_real_prometheus(gen, dashboard, rules, 
                 else:
                     data = [s for s in prom.query_range(query, seconds=60)
                             if any(v[1] != "NaN" for v in s["values"])]
+                results[where] = data
                 if not data:
                     empty.append(f"{where}: {query}")
             for name, query in variable_queries(dashboard):
                 selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", query).groups()
                 values = prom.api(f"label/{label}/values", **{"match[]": selector})
-                if job not in values:
+                if not set(jobs) <= set(values):
                     empty.append(f"variable {name}: {query} -> {values}")
             for name, expr in rule_exprs(rules):
                 if not prom.query(expr):
                     empty.append(f"rule {name}: {expr}")
             assert not empty, "queries without data:\n" + "\n".join(empty)
+            print(f"PromQL expressions with data: {len(results)} dashboard targets, "
+                  f"{len(variable_queries(dashboard))} variable, {len(rule_exprs(rules))} rules")
+
+            # The per-package panels say whose code it is.
+            def panel(title: str, ref: str = "A") -> list[dict[str, Any]]:
+                [data] = [d for w, d in results.items() if f"{title!r} {ref}" in w]
+                return data
+
+            by_package = {(s["metric"][gen.PACKAGE], s["metric"].get(gen.PACKAGE_VERSION, ""))
+                          for s in panel("Violation rate by culprit package and version")}
+            assert by_package == {(gen.APPLICATION, ""), LIBRARY}, by_package
+            for ref in "ABC":  # violations, services, opener sites: the library alone
+                rows = panel("Top culprit packages", ref)
+                assert [(r["metric"][gen.PACKAGE], r["metric"][gen.PACKAGE_VERSION])
+                        for r in rows] == [LIBRARY], (ref, rows)
+            assert [float(r["value"][1]) for r in panel("Top culprit packages", "B")] == [1]
 
             # The rules load and evaluate cleanly, and fire (or wait out their 'for').
+            firing_now = ("AnyioCancelScopeNewViolationSite", "AnyioCancelScopeNewCulpritPackage")
             states: dict[str, str] = {}
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 groups = prom.api("rules", type="alert")["groups"]
                 loaded = [r for g in groups for r in g["rules"]]
                 states = {r["name"]: r["state"] for r in loaded}
-                if states.get("AnyioCancelScopeNewViolationSite") == "firing" and all(
+                if all(states.get(name) == "firing" for name in firing_now) and all(
                         s in ("pending", "firing") for s in states.values()):
                     break
                 time.sleep(0.5)
             assert {r["name"] for r in loaded} == {name for name, _ in rule_exprs(rules)}
             assert all(r["health"] == "ok" for r in loaded), loaded
-            assert states["AnyioCancelScopeNewViolationSite"] == "firing", states
+            for name in firing_now:
+                assert states[name] == "firing", states
             assert states["AnyioCancelScopeViolationRateHigh"] == "pending", states
             assert states["AnyioCancelScopeViolationsWithHttp5xx"] == "pending", states
             alerts = prom.api("alerts")["alerts"]
-            [new_site] = [a for a in alerts if a["labels"]["alertname"] ==
-                          "AnyioCancelScopeNewViolationSite"]
-            assert new_site["labels"]["job"] == job
-            assert "connections.py:" in new_site["labels"][gen.OPENER_SITE]
-            assert "__aenter__" in new_site["labels"][gen.OPENER_SITE]
+
+            def fired(alertname: str) -> dict[str, dict[str, str]]:
+                return {a["labels"]["job"]: a["labels"] for a in alerts
+                        if a["labels"]["alertname"] == alertname}
+
+            new_sites = fired("AnyioCancelScopeNewViolationSite")
+            assert set(new_sites) == set(jobs), new_sites
+            for job, labels in new_sites.items():
+                assert "connections.py:" in labels[gen.OPENER_SITE]
+                assert "__aenter__" in labels[gen.OPENER_SITE]
+            # The library run's scopes were entered in the installed copy.
+            assert new_sites[LIBRARY_JOB][gen.OPENER_SITE].startswith(str(site.resolve()))
+            # A new culprit package: the library's, not the application's code.
+            new_packages = fired("AnyioCancelScopeNewCulpritPackage")
+            assert set(new_packages) == {LIBRARY_JOB}, new_packages
+            labels = new_packages[LIBRARY_JOB]
+            assert (labels[gen.PACKAGE], labels[gen.PACKAGE_VERSION]) == LIBRARY, labels

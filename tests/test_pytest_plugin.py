@@ -156,7 +156,11 @@ def test_warn_mode(pytester: pytest.Pytester, args: tuple[str, ...], ini: str) -
     pytester.makeini("[pytest]\n" + ini)
     pytester.makepyfile(test_app=SWALLOWING)
     result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "-W", "default")
-    result.assert_outcomes(passed=5, warnings=4)
+    result.assert_outcomes(passed=5)
+    # Four violations, four warnings (counted by their kind: other warnings,
+    # such as anyio 4.7's SyntaxWarning on Python 3.14, are not ours).
+    text = result.stdout.str()
+    assert text.count("ScopeTraceWarning: scopetrace: 1 anyio cancel scope violation(s)") == 4
     result.stdout.fnmatch_lines([
         "*ScopeTraceWarning: scopetrace: 1 anyio cancel scope violation(s) during call*",
     ])

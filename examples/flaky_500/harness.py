@@ -61,7 +61,8 @@ def startup_hook_active(python: str = sys.executable) -> bool:
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     # Generous: a service stopped with SIGTERM flushes its last spans and
-    # metrics on the way out, and a busy 2-core machine can take a while.
+    # metrics in its lifespan shutdown (service.flush_telemetry), and a busy
+    # 2-core machine can take a while.
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)

@@ -112,6 +112,23 @@ def configure_opentelemetry(host: str, metrics_port: int) -> tuple[Any, Any]:
     return meter_provider, tracer_provider
 
 
+def flush_telemetry() -> None:
+    """Export what the application's providers still hold.
+
+    uvicorn ends on SIGTERM by re-raising the signal with its default handler
+    once it has shut down: no ``atexit`` handler runs then, and neither does a
+    ``finally`` after ``uvicorn.run()``.  What does run is the application's
+    lifespan shutdown, so that is where a service that owns its OpenTelemetry
+    SDK must flush it -- batched spans would otherwise die with the process.
+    """
+    from opentelemetry import metrics, trace
+
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            flush()
+
+
 def build_app(*, fixed: bool, default_latency: str, seed: int | None = None) -> Any:
     from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -131,6 +148,9 @@ def build_app(*, fixed: bool, default_latency: str, seed: int | None = None) -> 
             state["tools_port"] = await tg.start(toolserver.serve, "127.0.0.1", 0)
             yield
             tg.cancel_scope.cancel()
+        # The shutdown half of the lifespan: see flush_telemetry().  In a
+        # thread, because exporting blocks on the network.
+        await anyio.to_thread.run_sync(flush_telemetry)
 
     async def tool_call(conn: Any, index: int, delay: float) -> str:
         with tracer.start_as_current_span(f"tool_call {TOOLS[index]}"):
@@ -188,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(app, host=args.host, port=args.port, loop="asyncio", http="h11",
                     log_level=os.environ.get("FLAKY500_LOG_LEVEL", "warning"))
     finally:
+        # Reached on Ctrl-C (SIGINT), not on SIGTERM: the lifespan flushed already.
         tracer_provider.shutdown()
         meter_provider.shutdown()
 

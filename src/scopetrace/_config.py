@@ -32,7 +32,7 @@ ANYIO_FLOOR = "4.7"
 #: Variables of scopetrace's that are not options: read at build time, or by
 #: the project's own tests and CI.
 OTHER_VARIABLES = ("SCOPETRACE_NO_EXTENSIONS",)
-OTHER_PREFIXES = ("SCOPETRACE_TEST_", "SCOPETRACE_CI_")
+OTHER_PREFIXES = ("SCOPETRACE_TEST_", "SCOPETRACE_CI_", "SCOPETRACE_CHROOT_", "SCOPETRACE_SID_")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
