@@ -363,3 +363,201 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("scopetrace report:")
     assert proc.stderr == ""
+
+
+# -- records that cannot lie ---------------------------------------------------------
+
+
+def test_a_task_destroyed_while_pending_never_hides_a_later_one(telemetry: Telemetry) -> None:
+    """Regression: the orphan watcher was keyed by id(task); a task destroyed
+    while pending left its entry forever, and a later task at the same address
+    was never watched (108 of 300 orphans went unreported)."""
+    import asyncio
+    import gc
+    import logging
+
+    scopetrace.install(exporter="none", rate_limit=0)
+    seen = Reports(violations_only=False)
+    from scopetrace._install import current_runtime
+
+    runtime = current_runtime()
+    assert runtime is not None
+    runtime.reporter.listeners.append(seen.add)
+    kept: list[Any] = []
+
+    async def main() -> None:
+        async def stuck() -> None:
+            with anyio.CancelScope():
+                await asyncio.get_running_loop().create_future()  # never done
+
+        tasks = [asyncio.create_task(stuck()) for _ in range(300)]
+        await asyncio.sleep(0)
+        del tasks
+        gc.collect()  # destroyed while pending: their done-callbacks never run
+
+        async def leak() -> None:
+            scope = anyio.CancelScope()
+            scope.__enter__()
+            kept.append(scope)
+
+        await asyncio.gather(*(leak() for _ in range(300)))
+        await asyncio.sleep(0)  # the done-callbacks of the gathered tasks
+
+    logging.getLogger("asyncio").disabled = True  # "Task was destroyed but it is pending!"
+    try:
+        anyio.run(main)
+    finally:
+        logging.getLogger("asyncio").disabled = False
+    orphans = [r for r in seen if not r.is_violation]
+    assert len(orphans) == 300
+    points = telemetry.counter_points(semconv.ORPHANED_METRIC)
+    assert sum(p.value for p in points) == 300
+    assert runtime.internal_errors == 0
+
+
+def test_trio_records_do_not_keep_dead_tasks_alive() -> None:
+    """Regression: trio records held the Task itself (200 of 200 dead tasks kept alive)."""
+    import gc
+    import weakref
+
+    import trio
+
+    scopetrace.install(exporter="none")
+    refs: list[Any] = []
+    kept: list[Any] = []
+
+    async def leak() -> None:
+        refs.append(weakref.ref(trio.lowlevel.current_task()))
+        scope = trio.CancelScope()
+        scope.__enter__()  # left open: its record stays in the table
+        kept.append(scope)
+
+    async def main() -> None:
+        for _ in range(200):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leak)
+
+    try:
+        trio.run(main)
+    except BaseException:
+        pass  # trio refuses a task that ends inside a scope it entered
+    gc.collect()
+    assert len(refs) == 200
+    assert sum(ref() is not None for ref in refs) == 0
+
+
+def test_loops_in_threads_with_a_tiny_cap_make_no_internal_errors() -> None:
+    """Regression: Runtime.evict() iterated the shared dict while another
+    thread's loop inserted (RuntimeError: dictionary changed size)."""
+    import threading
+
+    scopetrace.install(exporter="none", max_open_scopes=1000)
+    from scopetrace._install import current_runtime
+
+    runtime = current_runtime()
+    assert runtime is not None
+    kept: list[Any] = []
+
+    async def work() -> None:
+        for _ in range(1500):
+            scope = anyio.CancelScope()
+            scope.__enter__()  # never exited: the table hits its cap again and again
+            kept.append(scope)
+            with anyio.CancelScope():
+                await anyio.lowlevel.checkpoint()
+
+    def loop(backend: str) -> None:
+        try:
+            anyio.run(work, backend=backend)
+        except BaseException:
+            if backend != "trio":  # trio refuses a task that ends inside its scope
+                raise
+
+    threads = [
+        threading.Thread(target=loop, args=(b,)) for b in ("asyncio", "trio", "asyncio", "trio")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert runtime.internal_errors == 0
+    assert len(runtime.records) <= 1000 + 4  # the cap, give or take the enters in flight
+
+
+# -- configuration that never turns tracing off -----------------------------------------
+
+
+def test_warnings_as_errors_leave_tracing_on_with_defaults() -> None:
+    """Regression: under -W error one bad SCOPETRACE_* value turned tracing off."""
+    env = {**os.environ, "PYTHONWARNINGS": "error", "SCOPETRACE_STACK_DEPTH": "lots"}
+    program = (
+        "import scopetrace; from scopetrace._install import current_options; "
+        "scopetrace.install(); print(scopetrace.is_installed(), current_options().stack_depth)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", program], capture_output=True, text=True,
+        timeout=60, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "16"]
+    assert proc.stderr.count("SCOPETRACE_STACK_DEPTH='lots' is not valid") == 1
+
+
+def test_empty_values_mean_the_default() -> None:
+    """Regression: an empty SCOPETRACE_EXCEPTION_NOTES silently meant off."""
+    import warnings
+
+    from scopetrace._config import Options, resolve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        options = resolve({}, environ={f"SCOPETRACE_{f.upper()}": "" for f in (
+            "exception_notes", "stack_depth", "exporter", "rate_limit", "log_level")})
+    assert options == Options()
+
+
+def test_a_misspelt_variable_gets_one_warning_with_the_right_name() -> None:
+    import warnings
+
+    from scopetrace._config import ConfigWarning, warn_environment
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_environment({"SCOPETRACE_RATELIMIT": "5", "SCOPETRACE_TEST_ANYTHING": "x"})
+        warn_environment({"SCOPETRACE_RATELIMIT": "5"})
+    messages = [str(w.message) for w in caught if w.category is ConfigWarning]
+    assert messages == [
+        "scopetrace: SCOPETRACE_RATELIMIT is not a scopetrace setting (did you mean "
+        "SCOPETRACE_RATE_LIMIT?); it is ignored"
+    ]
+
+
+RACE = textwrap.dedent(
+    """
+    import sys, threading
+    import scopetrace
+
+    def churn():
+        for _ in range(300):
+            scopetrace.install(exporter="none")
+            scopetrace.uninstall()
+
+    t = threading.Thread(target=churn)
+    t.start()
+    import trio, anyio._backends._asyncio  # first imports, racing the churn
+    t.join()
+    scopetrace.install(exporter="none")
+    print(type(trio.CancelScope.__enter__).__name__, scopetrace.is_installed())
+    """
+)
+
+
+def test_install_racing_a_first_import_cannot_deadlock() -> None:
+    """Regression: _install's lock taken before the import lock in one thread and
+    after it in another (a first import firing the post-import hook)."""
+    for _ in range(3):
+        proc = subprocess.run(
+            [sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["function", "True"]

@@ -247,6 +247,14 @@ def _one_side(frames: tuple[Frame, ...], package_of: Callable[[Frame], str], wha
                 f"{frame.function} {verb} {inner.function}, which holds {what} open across a "
                 "yield, and did not close it in the task that entered it",
             )
+        if inner.name in ("__aenter__", "__enter__") and _with_statement(frame):
+            # The caller used the context manager in a with block, which has
+            # ended: the context manager's own exit left the scope open.
+            return Culprit(
+                inner,
+                f"{frame.function} used {inner.owner or inner.function} in a with block; its "
+                f"{inner.name} entered {what} and its exit did not close it",
+            )
         if package_of(frame) != lib:
             return Culprit(
                 frame,

@@ -105,6 +105,10 @@ class Reporter:
                 held[1] += 1
             if first:
                 self.delivery.wake()  # counts and quiet keys need the periodic work
+            if self.listeners:
+                # Listeners hear every report (the pytest plugin fails a test
+                # even for a violation the rate limit held back).
+                self.delivery.put(lambda: self._notify(report))
             return report
         self.delivery.put(lambda: self._deliver(report, exc, told, suppressed))
         return report
@@ -128,6 +132,9 @@ class Reporter:
         if exc is not None and incident.exc is None:
             incident.exc = exc
         incident.last = time.monotonic()
+        self._notify(report)
+
+    def _notify(self, report: Report) -> None:
         for listener in list(self.listeners):
             self._guard("a report listener", lambda: listener(report))
 

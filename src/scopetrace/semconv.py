@@ -14,9 +14,9 @@ VIOLATION_EVENT: Final = "anyio.cancel_scope.violation"
 #: Span / event emitted when a task ends while a scope it entered is still open.
 ORPHANED_SPAN: Final = "anyio.cancel_scope.orphaned"
 
-#: Counter of violations (attributes: kind, cause, backend, opener site).
+#: Counter of violations (attributes: METRIC_ATTRIBUTES below).
 VIOLATIONS_METRIC: Final = "anyio.cancel_scope.violations"
-#: Counter of scopes left open by a task that ended.
+#: Counter of scopes left open by a task that ended (ORPHANED_METRIC_ATTRIBUTES).
 ORPHANED_METRIC: Final = "anyio.cancel_scope.orphaned"
 #: Self-telemetry: errors caught inside scopetrace's own code.
 INTERNAL_ERRORS_METRIC: Final = "scopetrace.internal_errors"
