@@ -21,6 +21,7 @@ from scopetrace._sinks import _jsonl
 from scopetrace._config import Options, env_name
 from scopetrace._cli_run import hook_installed
 
+from .otlp_receiver import OtlpReceiver
 from .programs import ASGI_APP, REPORT, UNTRACED
 from .wheelenv import WheelEnv, app, venv  # noqa: F401 - fixtures
 
@@ -203,6 +204,11 @@ def test_run_traces_uvicorn_and_its_workers(venv: WheelEnv, tmp_path: Path, work
             except OSError:
                 time.sleep(0.2)  # not listening yet
         assert statuses == [500] * (workers * 3)  # anyio raised, as without tracing
+        # Delivered within a bounded delay, before any signal: the console
+        # blocks are written once each incident is a quarter second quiet.
+        deadline = time.monotonic() + 10
+        while log.read_text().count(REPORT) < workers * 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -210,3 +216,70 @@ def test_run_traces_uvicorn_and_its_workers(venv: WheelEnv, tmp_path: Path, work
     assert text.count(REPORT) == workers * 3, text
     assert f"{REPORT} wrong_task (sibling_task)" in text
     assert "service.py" in text
+
+
+def _get(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_sigterm_under_uvicorn_loses_no_otlp_report(venv: WheelEnv, tmp_path: Path) -> None:
+    """Regression (the "Nothing lost" issue): uvicorn handles SIGTERM, then
+    re-raises it with the default handler, so no atexit hook runs.  3
+    violations, SIGTERM one second later: 0 spans and no counter arrived.
+    Now both arrive, and the service's exit is not held up."""
+    import signal
+    import time
+
+    install = venv.run("python", "-m", "pip", "install", "-q", "uvicorn", timeout=300)
+    assert install.returncode == 0, install.stderr
+    (tmp_path / "service.py").write_text(ASGI_APP)
+    port = _free_port()
+    with OtlpReceiver() as receiver:
+        env = venv.env(
+            SCOPETRACE="1", SCOPETRACE_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_SERVICE_NAME="sigterm",
+        )
+        log = tmp_path / "uvicorn.log"
+        with log.open("w") as out:
+            server = subprocess.Popen(
+                [str(venv.bin / "uvicorn"), "service:app", "--host", "127.0.0.1", "--port",
+                 str(port)],
+                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    assert _get(f"http://127.0.0.1:{port}/") == 500
+                    break
+                except OSError:
+                    time.sleep(0.2)  # not listening yet
+            assert [_get(f"http://127.0.0.1:{port}/") for _ in range(2)] == [500, 500]
+            time.sleep(1.0)  # the burst, then SIGTERM a second later
+        finally:
+            server.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            server.wait(timeout=30)
+        assert time.monotonic() - stopped < 10, "the exit was held up"
+        assert server.returncode == -signal.SIGTERM, log.read_text()  # died as uvicorn does
+        spans = receiver.wait_for(
+            lambda: receiver.spans_named(semconv.VIOLATION_SPAN)
+            if len(receiver.spans_named(semconv.VIOLATION_SPAN)) >= 3 else None,
+            timeout=10, what="3 violation spans",
+        )
+        assert len(spans) == 3
+        assert {s.resource["service.name"] for s in spans} == {"sigterm"}
+        point = receiver.wait_for(
+            lambda: next((p for p in reversed(receiver.points_of(semconv.VIOLATIONS_METRIC))
+                          if p.value == 3), None),
+            timeout=10, what="the counter at 3",
+        )
+        assert point.value == 3

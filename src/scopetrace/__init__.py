@@ -15,9 +15,9 @@ pytest starts (see _scopetrace_startup).
 
 from __future__ import annotations
 
-from ._version import __version__
 from ._install import flush, install, is_installed, uninstall
 from ._report import Blocker, Culprit, Fixture, Report, TaskInfo
+from ._version import __version__
 
 __all__ = [
     "Blocker",

@@ -119,15 +119,14 @@ def summarise(records: Iterable[dict[str, Any] | None]) -> Summary:
         for event, attrs, count in _reports(rec):
             if not count:
                 continue
-            key3 = tuple(
-                _text(attrs.get(name, ""))
-                for name in (
-                    semconv.CULPRIT_SITE, semconv.CULPRIT_PACKAGE, semconv.CULPRIT_PACKAGE_VERSION
-                )
+            key3 = (
+                _text(attrs.get(semconv.CULPRIT_SITE, "")),
+                _text(attrs.get(semconv.CULPRIT_PACKAGE, "")),
+                _text(attrs.get(semconv.CULPRIT_PACKAGE_VERSION, "")),
             )
-            culprit = culprits.get(key3)  # type: ignore[arg-type]
+            culprit = culprits.get(key3)
             if culprit is None:
-                culprit = culprits[key3] = Culprit(*key3)  # type: ignore[arg-type]
+                culprit = culprits[key3] = Culprit(*key3)
             culprit.advice = culprit.advice or _text(attrs.get(semconv.ADVICE, ""), 4096)
             if event != "violation":
                 culprit.orphans += count
@@ -213,22 +212,22 @@ def _records(paths: list[str]) -> Iterator[dict[str, Any] | None]:
 
 def report(paths: list[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Summarise the files (``-`` is standard input); 2 when one cannot be read."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+    output: TextIO = out or sys.stdout
+    errors: TextIO = err or sys.stderr
     try:
         summary = summarise(_records(paths))
     except OSError as exc:
-        err.write(f"scopetrace report: cannot read {_text(exc.filename)}: {exc.strerror or exc}\n")
+        errors.write(f"scopetrace report: cannot read {_text(exc.filename)}: {exc.strerror or exc}\n")
         return 2
     try:
-        render(summary, ", ".join(paths), out)
-        out.flush()
+        render(summary, ", ".join(paths), output)
+        output.flush()
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours.  Point stdout
         # at /dev/null so that the interpreter's final flush stays quiet too.
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, out.fileno())
+            os.dup2(devnull, output.fileno())
         except (OSError, ValueError, AttributeError):
             pass
     return 0

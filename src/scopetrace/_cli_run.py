@@ -95,12 +95,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if os.name == "nt":  # exec does not replace the process on Windows
             return subprocess.call(command, env=env)
-        os.execvpe(command[0], command, env)
+        os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process, by design
     except FileNotFoundError:
         sys.stderr.write(f"scopetrace run: command not found: {command[0]}\n")
         return 127
     except OSError as exc:
         sys.stderr.write(f"scopetrace run: cannot run {command[0]}: {exc.strerror or exc}\n")
         return 126
-    return 0  # pragma: no cover - execvpe does not return
 

@@ -197,14 +197,14 @@ def resolve(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None)
                     f"install({field}={raw!r}): not valid (accepted: {parser.accepted})"
                 ) from None
             continue
-        text = environ.get(env_name(field))
-        if text is None or not text.strip():
+        variable = environ.get(env_name(field))
+        if variable is None or not variable.strip():
             continue  # unset or empty: the default
         try:
-            values[field] = parser.parse(text)
+            values[field] = parser.parse(variable)
         except (ValueError, TypeError):
             default = getattr(Options, field)
-            warn_invalid(env_name(field), text, parser.accepted, f"using the default {default!r}")
+            warn_invalid(env_name(field), variable, parser.accepted, f"using the default {default!r}")
     missing = _otlp_missing() if values.get("exporter") == "otlp" else None
     if missing is not None:
         warn(

@@ -29,7 +29,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 #: Seconds between two rounds of periodic work while anything is pending.
 TICK = 0.1

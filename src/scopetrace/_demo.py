@@ -227,9 +227,9 @@ def run_demo(backend: str, out: IO[str]) -> int:
     """Run every scenario on the chosen backend(s); 0 if each behaved as expected."""
     backends = ["asyncio", "trio"] if backend == "all" else [backend]
     if "trio" in backends:
-        try:
-            import trio  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("trio") is None:
             print("(trio is not installed: skipping the trio backend)", file=out)
             backends.remove("trio")
     was_installed = is_installed()

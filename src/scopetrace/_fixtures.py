@@ -12,9 +12,12 @@ runner's, and it is the same function on both sides.
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
-from ._stacks import Frame
 from ._report import Fixture
+from ._stacks import Frame
+from ._text import clean
 
 #: (runner, file suffix, qualname part) of the frames a runner drives
 #: fixtures from.  pytest-asyncio's wrappers have had several names over its
@@ -50,15 +53,46 @@ def _fixture_frame(frames: tuple[Frame, ...]) -> tuple[Frame, str] | None:
 
 def find(opener: tuple[Frame, ...], closer: tuple[Frame, ...]) -> Fixture | None:
     """The fixture whose setup entered the scope and whose teardown exited it
-    in another task; None unless both stacks show the same fixture."""
+    in another task; None unless both stacks show the same fixture.
+
+    Its name is pytest's (``@pytest.fixture(name=...)`` may differ from the
+    function's), read from pytest's own frame outside the event loop while it
+    runs the setup or the teardown, else the function's name.
+    """
     if not closer:
         # An orphan warning: the setup's task ended with the scope open.
         found = _fixture_frame(opener)
-        return Fixture(found[0].name, found[1]) if found is not None else None
-    entered, exited = _fixture_frame(opener), _fixture_frame(closer)
-    if entered is None or exited is None or not entered[0].same_function(exited[0]):
+    else:
+        found = _fixture_frame(opener)
+        exited = _fixture_frame(closer)
+        if found is None or exited is None or not found[0].same_function(exited[0]):
+            return None
+    if found is None:
         return None
-    return Fixture(entered[0].name, entered[1])
+    return Fixture(live_name() or found[0].name, found[1])
+
+
+_PYTEST_FIXTURES = os.path.join("_pytest", "fixtures.py")
+
+
+def live_name() -> str | None:
+    """The ``argname`` of the fixture pytest is setting up or tearing down on
+    this thread (``FixtureDef.execute``/``finish``), if any.  Reads that one
+    attribute of that one frame, and keeps nothing."""
+    if "_pytest.fixtures" not in sys.modules:
+        return None
+    frame: Any = sys._getframe(1)
+    try:
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name in ("execute", "finish") and code.co_filename.endswith(_PYTEST_FIXTURES):
+                name = getattr(frame.f_locals.get("self"), "argname", None)
+                if isinstance(name, str):
+                    return clean(name)
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
 
 
 def is_runner_frame(frame: Frame) -> bool:

@@ -39,6 +39,21 @@ def when_imported(name: str, hook: Hook) -> None:
     hook(module)
 
 
+def put_first() -> None:
+    """Move the finder back to the front of ``sys.meta_path``.
+
+    An import hook installed after ours (pytest's assertion rewriting, which
+    loads every module of a package with a ``pytest11`` plugin -- anyio --
+    itself) would otherwise answer for the watched modules first, and they
+    would never be patched.  Ours asks the others for the spec anyway, so
+    being first changes nothing for them.
+    """
+    with _lock:
+        if _pending and sys.meta_path and sys.meta_path[0] is not _FINDER and _FINDER in sys.meta_path:
+            sys.meta_path.remove(_FINDER)
+            sys.meta_path.insert(0, _FINDER)
+
+
 def _fire(name: str, module: ModuleType) -> None:
     with _lock:
         hooks = _pending.pop(name, [])

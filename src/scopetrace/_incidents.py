@@ -67,10 +67,12 @@ class Incidents:
                 self._scopes.popitem(last=False)
 
     def for_violation(
-        self, scope: object, closer: object, closer_raw: tuple[Any, ...], blockers: list[object]
+        self, scope: object, closer: object, closer_raw: tuple[Any, ...], blockers: list[object],
+        exc: BaseException | None = None,
     ) -> str:
-        """The incident of a violation of ``scope`` exited by ``closer``."""
-        incident = self.of_scope(scope)
+        """The incident of a violation of ``scope`` exited by ``closer`` (``exc``:
+        anyio's error, raised while handling an earlier one we reported?)."""
+        incident = self.of_scope(scope) or _of_context(exc)
         for blocker in blockers:
             # A scope in the way that belongs to an incident already (its
             # orphan warning, or the violation that failed to close it).
@@ -111,6 +113,22 @@ class Incidents:
         for scope in scopes:
             self.remember(scope, incident)
         return incident
+
+
+def _of_context(exc: BaseException | None) -> str | None:
+    """The incident of an earlier violation this one was raised while handling:
+    one closing call unwinding nested scopes refuses the inner exit, then the
+    outer one with the first error as its ``__context__``."""
+    seen = 0
+    inner = exc.__context__ if exc is not None else None
+    while inner is not None and seen < 8:
+        told = getattr(inner, "_scopetrace_report", None)  # see _sinks._sentry.attach
+        incident = getattr(getattr(told, "report", None), "incident_id", None)
+        if isinstance(incident, str) and incident:
+            return incident
+        inner = inner.__context__
+        seen += 1
+    return None
 
 
 def _ref(obj: object) -> Any:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ._backends import _asyncio, _trio
 from ._config import Options, resolve, warn_environment

@@ -64,7 +64,8 @@ def _site_dirs(thorough: bool = False) -> list[str]:
     global _sites
     path = tuple(sys.path)
     if path != _sites[0]:
-        named, listed = set(), set()
+        named: set[str] = set()
+        listed: set[str] = set()
         for entry in path:
             if not entry:
                 continue
@@ -74,12 +75,12 @@ def _site_dirs(thorough: bool = False) -> list[str]:
             else:
                 listed.add(real)
         _sites = path, sorted(named, key=len, reverse=True), sorted(listed, key=len, reverse=True)
-    named, others = _sites[1], _sites[2]
+    by_name, others = _sites[1], _sites[2]
     if thorough:
         extra = [d for d in others if _has_metadata(_listing(d))]
     else:
         extra = [d for d in others if _has_metadata(_listings.get(d))]
-    return sorted(named + extra, key=len, reverse=True)
+    return sorted(by_name + extra, key=len, reverse=True)
 
 
 def _has_metadata(listing: dict[str, tuple[Distribution, str]] | None) -> bool:
@@ -92,7 +93,7 @@ def top_level(filename: str, thorough: bool = False) -> tuple[str, str] | None:
     for site in _site_dirs(thorough):
         if path.startswith(site):
             first = path[len(site):].split(os.sep, 1)[0]
-            name = first[:-3] if first.endswith(".py") else first
+            name = first.removesuffix(".py")
             return (site, name) if name.isidentifier() else None
     return None
 

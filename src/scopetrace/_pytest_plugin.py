@@ -22,12 +22,19 @@ the code fails with the full report even then.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+
+# With SCOPETRACE=1 scopetrace was installed at start-up, and pytest has since
+# put its assertion-rewriting import hook in front of scopetrace's: it would
+# load anyio's backends itself (anyio ships a pytest plugin), unpatched.
+if "scopetrace._import_hooks" in sys.modules:
+    sys.modules["scopetrace._import_hooks"].put_first()
 
 _PHASES = ("setup", "call", "teardown")
 
@@ -185,7 +192,7 @@ def _render_orphan(report: Any) -> str:
     return (
         "scopetrace: a task ended with a cancel scope still open during this test "
         f"(incident {report.incident_id}); anyio will refuse whoever exits it later\n"
-        + report.format()
+        + str(report.format())
     )
 
 

@@ -82,7 +82,7 @@ def live_stack(depth: int, skip: int = 1) -> tuple[Any, ...]:
 
 def _py_capture(var: ContextVar[Any], depth: int, scope: object, task: object) -> Record:
     # Skip this function and the patched __enter__ that calls it.
-    return (_ref(scope), _ref(task), time_ns(), var.get(None)) + live_stack(depth, skip=2)
+    return (_ref(scope), _ref(task), time_ns(), var.get(None), *live_stack(depth, skip=2))
 
 
 def _enter(fn: Callable[..., Record], var: ContextVar[Any], probe: object) -> Record:
@@ -109,6 +109,7 @@ def _checked_accelerator() -> Callable[[ContextVar[Any], int, object, object], R
     if not getattr(_speedups, "WALKS_INTERPRETER_FRAMES", 1):
         return _speedups.capture  # the public frame API: nothing private to check
 
+
     var: ContextVar[Any] = ContextVar("scopetrace_self_check")
 
     class Probe:
@@ -119,18 +120,27 @@ def _checked_accelerator() -> Callable[[ContextVar[Any], int, object, object], R
     c_rec, py_rec = records
     same = len(c_rec) == len(py_rec) and all(
         a is b if isinstance(a, CodeType) else a == b
-        for a, b in zip(c_rec[FRAMES_AT:], py_rec[FRAMES_AT:])
+        for a, b in zip(c_rec[FRAMES_AT:], py_rec[FRAMES_AT:], strict=True)
     )
     if not same or c_rec[SCOPE]() is not probe:
-        _log.debug("scopetrace: the C frame walk disagrees with this interpreter; using the Python recorder")
+        _log.debug(
+            "scopetrace: the C frame walk disagrees with this interpreter; "
+            "using the Python recorder"
+        )
         return None
     return _speedups.capture
 
 
+def _stop_at_of(accelerated: object) -> Callable[[CodeType], None] | None:
+    if accelerated is None:
+        return None
+    from ._speedups import stop_at
+
+    return stop_at
+
+
 _accelerated = _checked_accelerator()
-_c_stop_at: Callable[[CodeType], None] | None = None
-if _accelerated is not None:
-    from ._speedups import stop_at as _c_stop_at
+_c_stop_at = _stop_at_of(_accelerated)
 
 #: ``capture(contextvar, depth, scope, task) -> Record`` -- the hot-path recorder.
 capture: Callable[[ContextVar[Any], int, object, object], Record] = _accelerated or _py_capture

@@ -88,8 +88,9 @@ class Reporter:
         told = None
         if exc is not None:
             told = _sentry.attach(exc, report)
-            if self.options.exception_notes and hasattr(exc, "add_note"):
-                exc.add_note(report.note())
+            add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+            if self.options.exception_notes and add_note is not None:
+                add_note(report.note())
         try:
             add_event(report, report.attributes())
         except Exception:
@@ -97,10 +98,9 @@ class Reporter:
         suppressed = self.limiter.allow(report.rate_key())
         if suppressed is None:
             with self._lock:
-                held = self._held.get(report.rate_key())
-                first = held is None
-                if first:
-                    held = self._held[report.rate_key()] = [report, 0]
+                key = report.rate_key()
+                first = key not in self._held
+                held = self._held.setdefault(key, [report, 0])
                 held[0] = report
                 held[1] += 1
             if first:
@@ -117,12 +117,12 @@ class Reporter:
     def _deliver(
         self, report: Report, exc: BaseException | None, told: Any, suppressed: int
     ) -> None:
-        report = self._guard("enriching a report", lambda: _diagnosis.enrich(report), report)
+        report = self._guard("enriching a report", _diagnosis.enrich, report) or report
         if told is not None:
             told.report = report
         self._guard("sentry", _sentry.install_processor)
-        self._guard("counter", lambda: self.signals.count(report))
-        self._guard("span", lambda: self.signals.span(report, exc, suppressed))
+        self._guard("counter", self.signals.count, report)
+        self._guard("span", self.signals.span, report, exc, suppressed)
         incident = self._open.get(report.incident_id)
         if incident is None:
             incident = self._open[report.incident_id] = _Incident([], {}, None, 0.0)
@@ -136,7 +136,7 @@ class Reporter:
 
     def _notify(self, report: Report) -> None:
         for listener in list(self.listeners):
-            self._guard("a report listener", lambda: listener(report))
+            self._guard("a report listener", listener, report)
 
     def _tick(self, final: bool) -> bool:
         """Periodic work: write incidents that went quiet, count and tell what
@@ -145,29 +145,31 @@ class Reporter:
         for incident_id, incident in list(self._open.items()):
             if final or now - incident.last >= INCIDENT_QUIET:
                 del self._open[incident_id]
-                self._guard("writing a report", lambda: self._write(incident))
+                self._guard("writing a report", self._write, incident)
         with self._lock:
             uncounted = [(entry[0], entry[1]) for entry in self._held.values() if entry[1]]
             for entry in self._held.values():
                 entry[1] = 0
         for report, n in uncounted:
-            self._guard("counter", lambda: self.signals.count(_diagnosis.enrich(report), n))
+            self._guard("counter", self._count_held, report, n)
         for key, n in self.limiter.quiet(0.0 if final else None):
             with self._lock:
                 entry = self._held.pop(key, None)  # type: ignore[call-overload]
             if entry is not None:
-                quiet = _diagnosis.enrich(entry[0])
-                self._guard("writing a report", lambda: self._write_held_back(quiet, n))
+                self._guard("writing a report", self._write_held_back, entry[0], n)
         if final:
-            self._guard("exporting", lambda: self.signals.flush(5.0))
+            self._guard("exporting", self.signals.flush, 5.0)
         with self._lock:
             still_held = bool(self._held)
         return bool(self._open) or still_held
 
+    def _count_held(self, report: Report, n: int) -> None:
+        self.signals.count(_diagnosis.enrich(report), n)
+
     def _write(self, incident: _Incident) -> None:
         reports = incident.reports
         exc = incident.exc if _sentry.wants_exc_info() else None
-        self._guard("log record", lambda: _text.log_incident(reports, self.level, exc))
+        self._guard("log record", _text.log_incident, reports, self.level, exc)
         exporter = self._text_exporter()
         if exporter == "jsonl":
             line = _jsonl.encode(_jsonl.incident_record(reports, incident.suppressed))
@@ -178,7 +180,8 @@ class Reporter:
             _text.print_incident(reports)
 
     def _write_held_back(self, report: Report, count: int) -> None:
-        self._guard("log record", lambda: _text.log_incident([report], self.level, held_back=count))
+        report = _diagnosis.enrich(report)
+        self._guard("log record", _text.log_incident, [report], self.level, None, 0, count)
         exporter = self._text_exporter()
         if exporter == "jsonl" and self._append(_jsonl.encode(_jsonl.held_back_record(report, count))):
             return
@@ -221,12 +224,13 @@ class Reporter:
         except Exception:
             pass
 
-    def _guard(self, where: str, fn: Callable[[], Any], default: Any = None) -> Any:
+    def _guard(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, or None after counting what it raised: each sink on its own."""
         try:
-            return fn()
+            return fn(*args)
         except Exception:
             self.internal_error(where)
-            return default
+            return None
 
     # -- control ------------------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:

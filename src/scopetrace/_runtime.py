@@ -21,7 +21,7 @@ _log = logging.getLogger(semconv.LOGGER_NAME)
 def otel_context_var() -> ContextVar[Any] | None:
     """The ContextVar behind OpenTelemetry's current context, read without a call chain."""
     try:
-        from opentelemetry.context import _RUNTIME_CONTEXT  # type: ignore[attr-defined]
+        from opentelemetry.context import _RUNTIME_CONTEXT
 
         var = getattr(_RUNTIME_CONTEXT, "_current_context", None)
         return var if isinstance(var, ContextVar) else None

@@ -22,8 +22,9 @@ import functools
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from .. import _record, semconv
 from .._diagnosis import NO_TASK, UNKNOWN_COROUTINE, Facts, TaskDescription
@@ -68,8 +69,9 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
     # handles are not Python (uvloop), whatever called the loop.
     _record.stop_at_loop_frame(asyncio.events.Handle._run.__code__)
     _record.stop_at_loop_frame(asyncio.base_events.BaseEventLoop.run_until_complete.__code__)
-    if hasattr(asyncio, "Runner"):
-        _record.stop_at_loop_frame(asyncio.Runner.run.__code__)
+    runner = getattr(asyncio, "Runner", None)  # Python >= 3.11
+    if runner is not None:
+        _record.stop_at_loop_frame(runner.run.__code__)
     watcher = Watcher(runtime, task_states)
     watch = watcher.watch
     #: Weak reference to the task watch() last saw: a loop of scopes in one
@@ -120,7 +122,7 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
                 facts.blocker = (describe(host)[0], _record.lookup(records, inner))
                 facts.blocker_count = len(blockers)
             facts.incident_id = runtime.reporter.incidents.for_violation(
-                scope, closer, closer_raw, blockers
+                scope, closer, closer_raw, blockers, exc
             )
             runtime.reporter.report(facts, exc)
         except Exception:

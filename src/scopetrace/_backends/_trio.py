@@ -18,8 +18,9 @@ import functools
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from .. import _record, semconv
 from .._diagnosis import UNKNOWN_COROUTINE, Facts, TaskDescription
@@ -37,7 +38,11 @@ CLOSER_DEPTH = 128
 def patch(module: ModuleType, runtime: Runtime, wraps_children: bool = False) -> Callable[[], None]:
     cls = module.CancelScope
     current_task = module.lowlevel.current_task
-    protect = module.lowlevel.enable_ki_protection
+    # trio's decorator, untyped to us: KeyboardInterrupt is deferred while the
+    # hook runs, as it is inside trio's own __enter__.
+    protect: Callable[[Callable[..., Any]], Callable[..., Any]] = (
+        module.lowlevel.enable_ki_protection
+    )
     _record.stop_at_loop_frame(module._core._run.unrolled_run.__code__)
     original_enter = cls.__dict__["__enter__"]
     original_close = cls.__dict__["_close"]
@@ -102,7 +107,7 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool = False) ->
                     facts.blocker = (describe(closer)[0], _record.lookup(records, blockers[0]))
                     facts.blocker_count = len(blockers)
                 facts.incident_id = runtime.reporter.incidents.for_violation(
-                    scope, closer, closer_raw, blockers
+                    scope, closer, closer_raw, blockers, result
                 )
                 runtime.reporter.report(facts, result)
         except Exception:

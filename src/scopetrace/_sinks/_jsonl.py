@@ -117,10 +117,6 @@ def encode(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-class PartialTail(Exception):
-    """Raised after a partial last line left by a killed writer was cut off."""
-
-
 def append(path: str, line: bytes) -> str | None:
     """Append one whole line to ``path`` (created if need be).
 

@@ -21,8 +21,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from .. import semconv
-from .._version import __version__
 from .._report import Report
+from .._version import __version__
 
 _SCOPE = "scopetrace"
 
@@ -245,14 +245,32 @@ def add_event(report: Report, attrs: dict[str, Any]) -> None:
 
 
 def _logfire_attributes(report: Report) -> dict[str, Any]:
-    """What makes the span read well in Logfire: its message, its level, and
-    the source location under the keys Logfire shows (and never scrubs)."""
+    """What makes the span read well in Logfire (added while ``logfire`` is imported).
+
+    * ``logfire.msg``, the line Logfire lists: the summary -- kind, cause,
+      the culprit with its package and version, both tasks and sites.
+      Logfire never scrubs it, while its default scrubber redacts every other
+      value containing "session", "auth", ... (any site in
+      ``mcp/shared/session.py``);
+    * ``logfire.msg_template``: how that line starts, with the attributes it
+      names as placeholders: one template per kind of report;
+    * ``logfire.level_num``: error (17) for a violation, warn (13) for an
+      orphan warning;
+    * the culprit's location under the older OpenTelemetry keys
+      (``code.filepath``/``code.lineno``/``code.function``), which Logfire
+      shows as the source location and never scrubs either.
+    """
+    fix = f": fix {{{semconv.CULPRIT_SITE}}}" if report.culprit is not None else ""
+    if report.is_violation:
+        template = (
+            f"anyio cancel scope violation: {{{semconv.VIOLATION_KIND}}} "
+            f"({{{semconv.VIOLATION_CAUSE}}}){fix}"
+        )
+    else:
+        template = f"anyio cancel scope orphaned (early warning){fix}"
     attrs: dict[str, Any] = {
         semconv.LOGFIRE_MSG: report.summary(),
-        semconv.LOGFIRE_MSG_TEMPLATE: (
-            "anyio cancel scope violation: {kind} ({cause})" if report.is_violation
-            else "anyio cancel scope orphaned (early warning)"
-        ),
+        semconv.LOGFIRE_MSG_TEMPLATE: template,
         semconv.LOGFIRE_LEVEL_NUM: 17 if report.is_violation else 13,
         semconv.LOGFIRE_TAGS: ["scopetrace", report.kind or "orphaned"],
     }

@@ -74,7 +74,7 @@ class EmbeddedOtlp:
             target=self._push_metrics, name="scopetrace-otlp-metrics", daemon=True
         )
         self._changed = threading.Event()
-        self._stopped = False
+        self._stopped = threading.Event()
         try:
             self._flusher.start()
         except RuntimeError:
@@ -106,9 +106,9 @@ class EmbeddedOtlp:
             self.flush(5.0)
 
     def _push_metrics(self) -> None:
-        while not self._stopped:
+        while True:
             self._changed.wait()
-            if self._stopped:
+            if self._stopped.is_set():
                 return
             time.sleep(METRIC_DELAY)  # let a burst finish: one export for it
             self._changed.clear()
@@ -125,7 +125,7 @@ class EmbeddedOtlp:
     def shutdown(self, timeout: float) -> None:
         """Export what is pending and stop, within ``timeout`` seconds: a
         collector that never answers must not hold the process at exit."""
-        self._stopped = True
+        self._stopped.set()
         self._changed.set()
         done = threading.Event()
 

@@ -2,27 +2,43 @@
 
 Only when the application has initialised ``sentry_sdk`` itself: scopetrace
 never imports it otherwise (the check reads ``sys.modules``), and costs
-nothing on the hot path either way.
+nothing on the hot path either way -- everything here runs at a violation.
 
-A failure can reach Sentry up to three times: the ``RuntimeError`` captured
-by a framework integration (Starlette, FastAPI) when it ends a request, the
-``scopetrace`` ERROR log record (Sentry's logging integration), and asyncio's
-"Task exception was never retrieved" record.  Each carries the same
-exception object, which carries its report (:func:`attach`).  One global
-event processor, added at the first report while Sentry is active, adds the
-tags and the context to the first event of that exception and drops the
-later ones.  A violation the application swallowed is then still told once,
-by the log record, which holds the exception for this purpose
-(:func:`wants_exc_info`).
+A failure can reach Sentry several times: the ``RuntimeError`` captured by a
+framework integration (Starlette, FastAPI) when it ends a request, uvicorn's
+"Exception in ASGI application" record, the ``scopetrace`` ERROR log record
+(Sentry's logging integration), and asyncio's "Task exception was never
+retrieved" record.  Each carries the same exception object, which carries its
+report (:func:`attach`).  One global event processor, added at the first
+violation while Sentry is active (on the thread that saw it, so it is there
+before any framework captures the exception), decides:
+
+* the first event of that exception gets the tags, the context and a
+  fingerprint (one Sentry issue per culprit), and every later one is dropped;
+* except asyncio's record of a task's unretrieved exception (or of an async
+  generator's finalizer): the application swallowed that violation, and the
+  ``scopetrace`` record tells it better -- its message is the diagnosis --
+  so asyncio's is dropped whenever scopetrace's own record will reach
+  Sentry (:func:`_own_record_reaches_sentry`).  A violation held back by the
+  rate limit then has no event of its own: the record that counts what was
+  held back stands for it.
+
+The ``scopetrace`` log record holds the exception only while Sentry is active
+(:func:`wants_exc_info`), so that it becomes a full exception event.
 
 Sentry limits tag keys to 32 characters and values to 200 characters on one
 line, so the tags are short aliases (``semconv.SENTRY_TAGS``); the context
-holds every attribute under its full name.
+holds every attribute under its full name (contexts are not trimmed to ten
+keys, as ``extra`` is).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+from collections.abc import Iterator
+from fnmatch import fnmatch
 from typing import Any
 
 from .. import semconv
@@ -30,29 +46,67 @@ from .._report import Report
 
 #: The exception attribute that carries the report.
 ATTRIBUTE = "_scopetrace_report"
-#: Sentry's limits on tag values.
+#: Sentry's limit on tag values.
 _MAX_TAG_VALUE = 200
+#: Where a context block's formatted report goes in ``extra``.
+EXTRA_REPORT = "scopetrace_report"
+#: First element of the fingerprint of every event scopetrace enriched.
+FINGERPRINT = "anyio-cancel-scope-violation"
+
+#: Serialises the "first event of this exception?" decision across threads
+#: (a framework's capture on the event loop's thread, the log record on the
+#: delivery thread).
+_lock = threading.Lock()
 
 
 class Told:
-    """What travels on the exception: its report (replaced by the enriched one
-    once the delivery thread has it), and whether Sentry has an event for it."""
+    """What travels on the exception: its report, and whether Sentry has an
+    event for it."""
 
-    __slots__ = ("report", "captured")
+    __slots__ = ("_report", "captured", "enriched")
 
     def __init__(self, report: Report) -> None:
-        self.report = report
+        self._report = report
+        #: Whether the report has its culprit's package and the advice.
+        self.enriched = False
         self.captured = False
+
+    @property
+    def report(self) -> Report:
+        return self._report
+
+    @report.setter
+    def report(self, report: Report) -> None:
+        """The delivery thread hands over the enriched report."""
+        self._report = report
+        self.enriched = True
+
+    def ready(self) -> Report:
+        """The enriched report.  A framework usually captures the exception
+        before the delivery thread got to it: then it is enriched here, inside
+        Sentry's capture (reading a few cached metadata files, once per
+        failure, next to Sentry's own serialisation of the event)."""
+        if not self.enriched:
+            from .._diagnosis import enrich
+
+            self._report = enrich(self._report)
+            self.enriched = True
+        return self._report
 
 
 def attach(exc: BaseException, report: Report) -> Told | None:
-    """Put the report on anyio's exception (never raises)."""
+    """Put the report on anyio's exception, and the event processor in place
+    if Sentry is active (never raises)."""
     try:
         told = Told(report)
         setattr(exc, ATTRIBUTE, told)
-        return told
     except Exception:
         return None
+    try:
+        install_processor()
+    except Exception:
+        pass
+    return told
 
 
 def active() -> bool:
@@ -90,23 +144,38 @@ def install_processor() -> None:
             from sentry_sdk import add_global_event_processor  # type: ignore[import-not-found,no-redef]
         except Exception:
             return
-    add_global_event_processor(_process)
-    _installed = True
+    with _lock:
+        if _installed:
+            return
+        add_global_event_processor(_process)
+        _installed = True
 
 
-def _told_of(exc: Any, depth: int = 0) -> Told | None:
+def _told_of(exc: Any) -> Told | None:
     """The report carried by ``exc``, its cause or context, or a member of an
     exception group (the request's task group wraps anyio's error)."""
-    if exc is None or depth > 8:
-        return None
+    for _, told in _carriers(exc):
+        return told
+    return None
+
+
+def _carriers(
+    exc: Any, depth: int = 0, seen: set[int] | None = None
+) -> Iterator[tuple[BaseException, Told]]:
+    """Every exception in ``exc``'s tree that carries a report, ``exc`` first."""
+    if not isinstance(exc, BaseException) or depth > 8:
+        return
+    seen = set() if seen is None else seen
+    if id(exc) in seen or len(seen) > 256:
+        return
+    seen.add(id(exc))
     told = getattr(exc, ATTRIBUTE, None)
     if isinstance(told, Told):
-        return told
-    for inner in (*getattr(exc, "exceptions", ()), exc.__cause__, exc.__context__):
-        found = _told_of(inner, depth + 1)
-        if found is not None:
-            return found
-    return None
+        yield exc, told
+    members = getattr(exc, "exceptions", None)
+    inner: list[Any] = list(members) if isinstance(members, (tuple, list)) else []
+    for other in (*inner, exc.__cause__, exc.__context__):
+        yield from _carriers(other, depth + 1, seen)
 
 
 def _process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
@@ -115,18 +184,78 @@ def _process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | No
         told = _told_of(exc_info[1] if exc_info else None)
         if told is None:
             return event
-        if told.captured:
-            return None  # this failure has its event already
-        told.captured = True
-        report = told.report
-        tags = event.setdefault("tags", {})
-        for key, value in tags_of(report).items():
-            tags[key] = value
-        event.setdefault("contexts", {})[semconv.SENTRY_CONTEXT] = report.attributes()
-        _ensure_note(event, report)
+        record = hint.get("log_record")
+        with _lock:
+            if told.captured:
+                return None  # this failure has its event already
+            if _is_asyncio_record(record) and _own_record_reaches_sentry():
+                return None  # the scopetrace record will tell it
+            told.captured = True
+        _enrich(event, told.ready())
+        _ensure_notes(event, exc_info[1])
     except Exception:
         pass  # an event without our tags beats no event
     return event
+
+
+def _is_asyncio_record(record: Any) -> bool:
+    name = getattr(record, "name", None)
+    return isinstance(name, str) and (name == "asyncio" or name.startswith("asyncio."))
+
+
+def _own_record_reaches_sentry() -> bool:
+    """Whether the ``scopetrace`` record of a violation will become a Sentry
+    event: its level is enabled, and Sentry's logging integration makes
+    events at that level from that logger.  Any doubt answers no (then
+    asyncio's record is kept: two events beat none)."""
+    try:
+        from .._config import log_level_number
+        from .._install import current_options
+
+        options = current_options()
+        if options is None:
+            return False
+        level = log_level_number(options)
+        logger = logging.getLogger(semconv.LOGGER_NAME)
+        if logger.disabled or not logger.isEnabledFor(level):
+            return False
+        integrations = sys.modules.get("sentry_sdk.integrations.logging")
+        if integrations is None:
+            return False
+        import sentry_sdk  # type: ignore[import-not-found]  # imported by the application
+
+        integration = sentry_sdk.get_client().get_integration(integrations.LoggingIntegration)
+        handler = getattr(integration, "_handler", None)
+        if handler is None or level < handler.level:
+            return False
+        ignored = getattr(integrations, "_IGNORED_LOGGERS", ())
+        return not any(fnmatch(semconv.LOGGER_NAME, pattern) for pattern in ignored)
+    except Exception:
+        return False
+
+
+def _enrich(event: dict[str, Any], report: Report) -> None:
+    tags = event.get("tags")
+    if not isinstance(tags, dict):
+        tags = event["tags"] = {}
+    tags.update(tags_of(report))
+    contexts = event.get("contexts")
+    if not isinstance(contexts, dict):
+        contexts = event["contexts"] = {}
+    contexts[semconv.SENTRY_CONTEXT] = report.attributes()
+    extra = event.get("extra")
+    if not isinstance(extra, dict):
+        extra = event["extra"] = {}
+    # The log record's copies of the attributes: Sentry trims extra values to
+    # ten keys, and the context holds them all.
+    extra.pop("scopetrace", None)
+    extra.pop("scopetrace_reports", None)
+    extra.setdefault(EXTRA_REPORT, report.format())
+    if not event.get("fingerprint"):
+        # One issue per bug to fix: a request's 500 and a swallowed violation
+        # of the same culprit have different stack traces.
+        culprit = report.culprit.site if report.culprit is not None else report.opener.site
+        event["fingerprint"] = [FINGERPRINT, report.kind or "", report.cause or "", culprit]
 
 
 def tags_of(report: Report) -> dict[str, str]:
@@ -146,19 +275,33 @@ def tags_of(report: Report) -> dict[str, str]:
 
 
 def _tag_value(text: str) -> str:
-    text = text.replace("\n", " ")
+    text = " ".join(text.split())  # one line
     if len(text) <= _MAX_TAG_VALUE:
         return text
     # Keep the end of a site: the file name, line and function.
     return "…" + text[-(_MAX_TAG_VALUE - 1):]
 
 
-def _ensure_note(event: dict[str, Any], report: Report) -> None:
-    """sentry-sdk < 2.16 leaves exception notes out of the value: add ours."""
-    if not report.is_violation:
-        return
-    note = report.note()
-    for value in (event.get("exception") or {}).get("values") or ():
-        if value.get("type") == "RuntimeError" and note not in (value.get("value") or ""):
-            value["value"] = f"{value.get('value') or ''}\n{note}"
-            return
+def _ensure_notes(event: dict[str, Any], exc: BaseException) -> None:
+    """Python 3.10 has no exception notes, and sentry-sdk < 2.16 leaves them
+    out of the value: add scopetrace's to each of anyio's errors that lacks it
+    (a task group's ExceptionGroup holds one per scope exited wrongly)."""
+    values = [
+        v for v in (event.get("exception") or {}).get("values") or ()
+        if isinstance(v, dict) and isinstance(v.get("value", ""), str)
+    ]
+    done: set[int] = set()
+    for carrier, told in _carriers(exc):
+        report = told.report
+        if not report.is_violation or report.closer is None:
+            continue
+        note, message = report.note(), str(carrier)
+        for i, value in enumerate(values):
+            text = value.get("value") or ""
+            if i not in done and value.get("type") == type(carrier).__name__ and (
+                text == message or text.startswith(message + "\n")
+            ):
+                done.add(i)
+                if note not in text:
+                    value["value"] = f"{text}\n{note}"
+                break
