@@ -16,6 +16,7 @@ import contextvars
 import gc
 import itertools
 import sys
+import sysconfig
 import threading
 import time
 import tracemalloc
@@ -514,6 +515,8 @@ def _refcounts(*objs):
 @needs_c
 @pytest.mark.parametrize("depth", [4, 16, 40])  # 40 > 32 uses the heap buffer
 def test_no_reference_leaks(depth):
+    # On a free-threaded build the code objects' counts are deferred and read
+    # as equal before and after anyway; the other three objects still tell.
     value = object()
     token = VAR.set(value)
     here = sys._getframe()
@@ -544,7 +547,7 @@ def test_no_reference_leaks(depth):
 
 @needs_c
 def test_no_leak_on_error():
-    var = "not a ContextVar"
+    var = object()  # not a ContextVar; a plain heap object, never immortal
     before = _refcounts(var)
     tracemalloc.start()
     try:
@@ -563,6 +566,11 @@ def test_no_leak_on_error():
 
 
 @needs_c
+@pytest.mark.skipif(
+    bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+    reason="free-threaded builds count code objects' references lazily (deferred "
+    "reference counting): sys.getrefcount cannot show them",
+)
 def test_records_hold_code_references():
     def site():
         return enter(c_capture, VAR, 1)

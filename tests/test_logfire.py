@@ -252,7 +252,8 @@ def test_violation_span_reads_well_in_logfire(spans: dict[str, Any]) -> None:
     assert message.startswith("anyio cancel scope violation: wrong_task (sibling_task): fix ")
     assert attrs[semconv.CULPRIT_SITE] in message
     assert "(toolpool 1.2.3)" in message
-    assert "'tool-call-0'" in message and "'tool-call-3'" in message
+    assert "entered in task 'tool-call-0'" in message
+    assert "exited in task 'tool-call-3'" in message
     assert attrs[semconv.LOGFIRE_LEVEL_NUM] == 17  # error
     assert attrs[semconv.LOGFIRE_MSG_TEMPLATE] == (
         "anyio cancel scope violation: {anyio.cancel_scope.violation.kind} "

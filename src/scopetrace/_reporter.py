@@ -25,6 +25,7 @@ application.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import dataclasses
 import sys
 import threading
@@ -53,6 +54,9 @@ class _Incident:
     suppressed: dict[int, int]
     exc: BaseException | None
     last: float
+    #: The context of its first report (a copy): the text is written in it, so
+    #: that log handlers (Sentry's, OpenTelemetry's) see the request it came from.
+    context: contextvars.Context | None = None
 
 
 class Reporter:
@@ -125,12 +129,17 @@ class Reporter:
         self._guard("span", self.signals.span, report, exc, suppressed)
         incident = self._open.get(report.incident_id)
         if incident is None:
-            incident = self._open[report.incident_id] = _Incident([], {}, None, 0.0)
+            incident = self._open[report.incident_id] = _Incident(
+                [], {}, None, 0.0, contextvars.copy_context()
+            )
         if suppressed:
             incident.suppressed[len(incident.reports)] = suppressed
         incident.reports.append(report)
         if exc is not None and incident.exc is None:
             incident.exc = exc
+            # The report holding the exception runs in its request's context;
+            # an orphan warning, often the first report, in an empty one.
+            incident.context = contextvars.copy_context()
         incident.last = time.monotonic()
         self._notify(report)
 
@@ -145,7 +154,10 @@ class Reporter:
         for incident_id, incident in list(self._open.items()):
             if final or now - incident.last >= INCIDENT_QUIET:
                 del self._open[incident_id]
-                self._guard("writing a report", self._write, incident)
+                if incident.context is not None:
+                    self._guard("writing a report", incident.context.run, self._write, incident)
+                else:
+                    self._guard("writing a report", self._write, incident)
         with self._lock:
             uncounted = [(entry[0], entry[1]) for entry in self._held.values() if entry[1]]
             for entry in self._held.values():

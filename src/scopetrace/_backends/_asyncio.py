@@ -342,7 +342,9 @@ class Watcher:
         return ref
 
     def _sweep(self) -> None:
-        for key, (ref, _) in list(self.watched.items()):
+        # On a copy: loops in other threads keep inserting (copy() is atomic
+        # with the GIL and takes the dict's lock without it; iterating is not).
+        for key, (ref, _) in self.watched.copy().items():
             if ref() is None:
                 self.watched.pop(key, None)
         self._sweep_at = max(1024, 2 * len(self.watched))

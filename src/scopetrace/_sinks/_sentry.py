@@ -48,7 +48,7 @@ from .._report import Report
 ATTRIBUTE = "_scopetrace_report"
 #: Sentry's limit on tag values.
 _MAX_TAG_VALUE = 200
-#: Where a context block's formatted report goes in ``extra``.
+#: Where the whole report, as text, goes in an event's ``extra``.
 EXTRA_REPORT = "scopetrace_report"
 #: First element of the fingerprint of every event scopetrace enriched.
 FINGERPRINT = "anyio-cancel-scope-violation"
@@ -133,22 +133,19 @@ _installed = False
 
 
 def install_processor() -> None:
-    """Add the event processor once, if Sentry is active (never raises)."""
+    """Add the event processor once, if Sentry is active (never raises, never
+    imports: ``sentry_sdk`` imports its ``scope`` module itself)."""
     global _installed
     if _installed or not active():
         return
-    try:
-        from sentry_sdk.scope import add_global_event_processor  # type: ignore[import-not-found]
-    except Exception:
-        try:
-            from sentry_sdk import add_global_event_processor  # type: ignore[import-not-found,no-redef]
-        except Exception:
-            return
+    scope: Any = sys.modules.get("sentry_sdk.scope")
+    add = getattr(scope, "add_global_event_processor", None)
+    if add is None:
+        return
     with _lock:
-        if _installed:
-            return
-        add_global_event_processor(_process)
-        _installed = True
+        if not _installed:  # another thread may have been first
+            add(_process)
+            _installed = True
 
 
 def _told_of(exc: Any) -> Told | None:
@@ -181,7 +178,8 @@ def _carriers(
 def _process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     try:
         exc_info = hint.get("exc_info") if hint else None
-        told = _told_of(exc_info[1] if exc_info else None)
+        exc = exc_info[1] if exc_info else None
+        told = _told_of(exc)
         if told is None:
             return event
         record = hint.get("log_record")
@@ -192,7 +190,7 @@ def _process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | No
                 return None  # the scopetrace record will tell it
             told.captured = True
         _enrich(event, told.ready())
-        _ensure_notes(event, exc_info[1])
+        _ensure_notes(event, exc)
     except Exception:
         pass  # an event without our tags beats no event
     return event
@@ -222,9 +220,8 @@ def _own_record_reaches_sentry() -> bool:
         integrations = sys.modules.get("sentry_sdk.integrations.logging")
         if integrations is None:
             return False
-        import sentry_sdk  # type: ignore[import-not-found]  # imported by the application
-
-        integration = sentry_sdk.get_client().get_integration(integrations.LoggingIntegration)
+        sdk: Any = sys.modules["sentry_sdk"]
+        integration = sdk.get_client().get_integration(integrations.LoggingIntegration)
         handler = getattr(integration, "_handler", None)
         if handler is None or level < handler.level:
             return False
@@ -282,7 +279,7 @@ def _tag_value(text: str) -> str:
     return "…" + text[-(_MAX_TAG_VALUE - 1):]
 
 
-def _ensure_notes(event: dict[str, Any], exc: BaseException) -> None:
+def _ensure_notes(event: dict[str, Any], exc: Any) -> None:
     """Python 3.10 has no exception notes, and sentry-sdk < 2.16 leaves them
     out of the value: add scopetrace's to each of anyio's errors that lacks it
     (a task group's ExceptionGroup holds one per scope exited wrongly)."""

@@ -36,17 +36,19 @@ def log_incident(
     attrs = primary.attributes()
     if suppressed:
         attrs[semconv.SUPPRESSED] = suppressed
+    # Templates that say what the record is: tools that group records by
+    # their template (Sentry) keep held-back notices apart from reports.
     if held_back:
-        message = (
-            f"{held_back} more report(s) like this were held back by the rate limit: "
-            f"{primary.summary()}"
-        )
+        template: str = "%d more report(s) like this were held back by the rate limit: %s"
+        args: tuple[Any, ...] = (held_back, primary.summary())
         attrs[semconv.SUPPRESSED] = held_back
-        text = message
+        text = template % args
     else:
-        message = primary.summary()
+        template, args = "%s", (primary.summary(),)
         if len(reports) > 1:
-            message += f" (and {len(reports) - 1} more report(s) of this incident)"
+            template, args = "%s (and %d more report(s) of this incident)", (
+                primary.summary(), len(reports) - 1
+            )
         text = format_incident(reports)
     frame = primary.culprit.frame if primary.culprit is not None else None
     extra: dict[str, Any] = {
@@ -59,7 +61,7 @@ def log_incident(
         _log.name, level,
         frame.filename if frame is not None else "<scopetrace>",
         frame.lineno if frame is not None else 0,
-        "%s", (message,), exc_info,
+        template, args, exc_info,
         func=frame.function if frame is not None else None,
         extra=extra,
     )

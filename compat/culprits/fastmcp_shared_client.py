@@ -1,0 +1,167 @@
+"""fastmcp < 2.6.0: one ``Client`` shared by two tasks (PrefectHQ/fastmcp#533, #622; fix #635).
+
+    python fastmcp_shared_client.py                     # shared Client, streamable HTTP
+    python fastmcp_shared_client.py --transport memory  # ... to an in-process server
+    python fastmcp_shared_client.py serve               # the MCP server (used by the above)
+
+Before 2.6.0 ``Client.__aenter__`` opened the session (an ``AsyncExitStack``
+around ``Client._context_manager``) only for the first of several concurrent
+``async with client`` blocks, counting them; ``Client.__aexit__`` closed it when
+the count fell back to 0 -- in whichever task left last.  2.6.0 runs the session
+in a background task of its own (``Client._session_runner``).
+
+Order, by events: task A enters (A's task opens the session), task B enters, A
+leaves and ends, B calls a tool and leaves: B closes the stack A's task entered.
+
+Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
+exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+``RESULT <json>`` with what the application saw.  No network: the server is a
+subprocess on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def trace() -> None:
+    import scopetrace
+
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+                       stack_depth=64, rate_limit=0)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
+
+
+def make_server():
+    from fastmcp import FastMCP
+
+    server = FastMCP("verify-culprits-fastmcp")
+
+    @server.tool()
+    async def echo(text: str) -> str:
+        return f"echo:{text}"
+
+    return server
+
+
+def serve() -> None:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(make_server().http_app(), log_level="warning", lifespan="on"))
+
+    async def main() -> None:
+        task = asyncio.create_task(uv.serve(sockets=[sock]))
+        while not uv.started:
+            await asyncio.sleep(0.01)
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
+        uv.should_exit = True
+        await task
+
+    asyncio.run(main())
+
+
+class HttpServer:
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=_clean_env(), text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"MCP server did not start: {line!r}")
+        return f"http://127.0.0.1:{int(line.split()[1])}/mcp/"
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def shared_client(target) -> list[object]:
+    from fastmcp import Client
+
+    client = Client(target)
+    a_inside, b_inside, a_left = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def task_a() -> str:
+        try:
+            async with client:
+                out = await client.call_tool("echo", {"text": "a"})
+                a_inside.set()
+                await b_inside.wait()
+            return out[0].text
+        finally:
+            a_left.set()
+
+    async def task_b() -> str:
+        await a_inside.wait()
+        async with client:
+            b_inside.set()
+            await a_left.wait()
+            out = await client.call_tool("echo", {"text": "b"})
+        return out[0].text
+
+    results = await asyncio.gather(
+        asyncio.create_task(task_a(), name="task-A"),
+        asyncio.create_task(task_b(), name="task-B"),
+        return_exceptions=True,
+    )
+    try:
+        await client.close()
+    except Exception:
+        pass  # the affected release may leave it half-closed
+    return results
+
+
+def _leaves(exc: BaseException) -> list[str]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [s for e in exc.exceptions for s in _leaves(e)]
+    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
+    parser.add_argument("--transport", choices=("http", "memory"), default="http")
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve()
+        return 0
+    trace()
+    if args.transport == "http":
+        with HttpServer() as url:
+            results = asyncio.run(shared_client(url))
+    else:
+        results = asyncio.run(shared_client(make_server()))
+    import scopetrace
+
+    scopetrace.flush()
+    errors = [s for r in results if isinstance(r, BaseException) for s in _leaves(r)]
+    answers = [r for r in results if isinstance(r, str)]
+    print("RESULT " + json.dumps({"errors": errors, "answers": answers}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The mcp Python SDK's most reported misuse: a client whose transport and session
+live on an ``AsyncExitStack`` from ``connect()`` to ``cleanup()``
+(modelcontextprotocol/python-sdk#79, #577, #831).  No SDK release changes it:
+the application's ``connect()``/``cleanup()`` is the code to fix.
+
+    python mcp_sdk_client.py --shape split         # connect() in task 1, cleanup() in task 2
+    python mcp_sdk_client.py --shape tg-child      # connect() in a task-group child that ends,
+                                                   # cleanup() in the host task
+    python mcp_sdk_client.py --shape out-of-order  # one task, two clients, the first closed first
+    python mcp_sdk_client.py --shape same-task     # the fix: one task, closed in reverse order
+    python mcp_sdk_client.py serve --name NAME     # the stdio MCP server (used by the above)
+
+``stdio_client`` and ``ClientSession`` both hold anyio task groups, so one
+``cleanup()`` call unwinds two scopes (one failure, one incident).  From anyio
+4.14 a task-group child that ends with them open fails on anyio's own
+per-child scope: the session's task group is the scope in the way.
+
+Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
+exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+``RESULT <json>``.  Offline: the servers are stdio subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+
+
+def trace() -> None:
+    import scopetrace
+
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+                       stack_depth=64, rate_limit=0)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
+
+
+def serve(name: str) -> None:
+    try:
+        from mcp.server.fastmcp import FastMCP as Server  # mcp 1.x
+    except ImportError:
+        from mcp.server import MCPServer as Server  # mcp 2.x
+
+    server = Server(name)
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    server.run()
+
+
+class ToolClient:
+    """The tutorial-style client: transport and session on an exit stack."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exit_stack = contextlib.AsyncExitStack()
+        self.session: Any = None
+
+    async def connect(self) -> None:
+        from mcp import ClientSession, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        params = StdioServerParameters(command=sys.executable, args=[str(HERE), "serve", "--name", self.name],
+                                       env=_clean_env())
+        read, write = await self.exit_stack.enter_async_context(stdio_client(params))
+        self.session = await self.exit_stack.enter_async_context(ClientSession(read, write))
+        await self.session.initialize()
+
+    async def add(self, a: int, b: int) -> str:
+        result = await self.session.call_tool("add", {"a": a, "b": b})
+        return result.content[0].text
+
+    async def cleanup(self) -> None:
+        await self.exit_stack.aclose()
+
+
+def _leaves(exc: BaseException) -> list[str]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [s for e in exc.exceptions for s in _leaves(e)]
+    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+
+
+async def split(out: dict[str, Any]) -> None:
+    client = ToolClient("probe")
+
+    async def setup() -> None:
+        await client.connect()
+        out["answer"] = await client.add(2, 3)
+
+    async def teardown() -> None:
+        await client.cleanup()
+
+    await asyncio.create_task(setup(), name="setup-task")
+    try:
+        await asyncio.create_task(teardown(), name="cleanup-task")
+    except BaseException as exc:
+        out["errors"] += _leaves(exc)
+
+
+async def tg_child(out: dict[str, Any]) -> None:
+    import anyio
+
+    client = ToolClient("probe")
+
+    async def connector() -> None:
+        await client.connect()
+        out["answer"] = await client.add(2, 3)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(connector, name="connect")
+    except BaseException as exc:  # anyio >= 4.14: the child's own end fails
+        out["errors"] += _leaves(exc)
+    try:
+        await client.cleanup()
+    except BaseException as exc:
+        out["errors"] += _leaves(exc)
+
+
+async def out_of_order(out: dict[str, Any]) -> None:
+    first, second = ToolClient("first"), ToolClient("second")
+    await first.connect()
+    await second.connect()
+    out["answer"] = await first.add(2, 3) + "," + await second.add(2, 3)
+    for client in (first, second):  # first-in-first-out: the bug
+        try:
+            await client.cleanup()
+        except BaseException as exc:
+            out["errors"] += _leaves(exc)
+
+
+async def same_task(out: dict[str, Any]) -> None:
+    first, second = ToolClient("first"), ToolClient("second")
+    await first.connect()
+    await second.connect()
+    out["answer"] = await first.add(2, 3) + "," + await second.add(2, 3)
+    await second.cleanup()
+    await first.cleanup()
+
+
+SHAPES = {"split": split, "tg-child": tg_child, "out-of-order": out_of_order, "same-task": same_task}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
+    parser.add_argument("--name", default="probe", help="serve: the server's name")
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="split")
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve(args.name)
+        return 0
+    trace()
+    out: dict[str, Any] = {"errors": []}
+    asyncio.run(SHAPES[args.shape](out))
+    import scopetrace
+
+    scopetrace.flush()
+    print("RESULT " + json.dumps(out, default=str), flush=True)
+    return 0 if "5" in str(out.get("answer")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""openai-agents MCP servers: ``connect()`` in one task, ``cleanup()`` in another
+(openai/openai-agents-python#2005, #1393; no fix on mcp < 2, remedy: one owner task).
+
+    python openai_agents_split.py                  # MCPServerStdio: connect + run in task 1, cleanup in task 2
+    python openai_agents_split.py --shape manager  # the remedy: MCPServerManager(connect_in_parallel=True)
+    python openai_agents_split.py serve            # the stdio MCP server (used by the above)
+
+``_MCPServerWithClientSession.connect()`` enters the transport (``stdio_client``)
+and ``ClientSession`` into ``self.exit_stack``; ``cleanup()`` closes that stack.
+Both hold anyio task groups, so the two calls must run in one task.  With mcp >= 2,
+openai-agents >= 0.20.0 runs the client in a task of its own (clean).  Recent
+releases log the refused exit at DEBUG and go on; this driver listens to the
+``openai.agents`` logger for it.  The model is scripted (no LLM, no network).
+
+Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
+exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+``RESULT <json>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+
+def trace() -> None:
+    import scopetrace
+
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+                       stack_depth=64, rate_limit=0)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
+
+
+def serve() -> None:
+    try:
+        from mcp.server.fastmcp import FastMCP as Server  # mcp 1.x
+    except ImportError:
+        from mcp.server import MCPServer as Server  # mcp 2.x
+
+    server = Server("verify-culprits-agents")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    server.run()
+
+
+def scripted_model():
+    from agents.items import ModelResponse
+    from agents.models.interface import Model
+    from agents.usage import Usage
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+    class ScriptedModel(Model):
+        """Turn 1: call the MCP tool ``add``; turn 2: answer with its output."""
+
+        async def get_response(self, system_instructions, input, model_settings, tools,
+                               output_schema, handoffs, tracing, **kwargs: Any) -> ModelResponse:
+            items = input if isinstance(input, list) else []
+            outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+            if outputs:
+                item: Any = ResponseOutputMessage(
+                    id="msg_1", type="message", role="assistant", status="completed",
+                    content=[ResponseOutputText(type="output_text", text=f"sum={outputs[-1].get('output')}",
+                                                annotations=[])],
+                )
+            else:
+                item = ResponseFunctionToolCall(id="fc_1", call_id="call_1", type="function_call",
+                                                name="add", arguments='{"a": 2, "b": 3}')
+            return ModelResponse(output=[item], usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kwargs: Any):
+            raise NotImplementedError
+
+    return ScriptedModel()
+
+
+class Seen(logging.Handler):
+    """Every openai.agents record that mentions a cancel scope."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" | {record.exc_info[1]}"
+        if "cancel scope" in text:
+            self.hits.append(text)
+
+
+async def run_agent(server) -> str:
+    from agents import Agent, Runner
+
+    agent = Agent(name="probe", instructions="add", mcp_servers=[server], model=scripted_model())
+    result = await Runner.run(agent, "what is 2 + 3?")
+    return str(result.final_output)
+
+
+async def split(server, out: dict[str, Any]) -> None:
+    """Task 1 connects and runs the agent; task 2 cleans up (a notebook's cells,
+    or a request handler and its background task)."""
+
+    async def setup() -> None:
+        await server.connect()
+        out["answer"] = await run_agent(server)
+
+    async def teardown() -> None:
+        await server.cleanup()
+
+    await asyncio.create_task(setup(), name="setup-task")
+    try:
+        await asyncio.create_task(teardown(), name="cleanup-task")
+    except Exception as exc:  # older releases raise; recent ones log at DEBUG
+        out["errors"].append(f"{type(exc).__name__}: {exc}")
+
+
+async def manager(server, out: dict[str, Any]) -> None:
+    """The remedy (openai-agents >= 0.7.0): one worker task per server runs
+    connect() and cleanup(), whichever task asks."""
+    from agents.mcp import MCPServerManager
+
+    mgr = MCPServerManager([server], connect_in_parallel=True)
+
+    async def setup() -> None:
+        await mgr.connect_all()
+        out["answer"] = await run_agent(server)
+
+    async def teardown() -> None:
+        await mgr.cleanup_all()
+
+    await asyncio.create_task(setup(), name="setup-task")
+    await asyncio.create_task(teardown(), name="cleanup-task")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
+    parser.add_argument("--shape", choices=("split", "manager"), default="split")
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve()
+        return 0
+    trace()
+    seen = Seen()
+    logging.getLogger("openai.agents").addHandler(seen)
+    logging.getLogger("openai.agents").setLevel(logging.DEBUG)
+
+    from agents.mcp import MCPServerStdio
+
+    server = MCPServerStdio(
+        params={"command": sys.executable, "args": [str(HERE), "serve"], "env": _clean_env()},
+        name="verify-stdio",
+    )
+    out: dict[str, Any] = {"errors": []}
+    asyncio.run({"split": split, "manager": manager}[args.shape](server, out))
+    import scopetrace
+
+    scopetrace.flush()
+    out["errors"] += seen.hits
+    print("RESULT " + json.dumps(out, default=str), flush=True)
+    return 0 if "5" in str(out.get("answer")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
