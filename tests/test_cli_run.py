@@ -156,7 +156,7 @@ def test_run_to_a_jsonl_file_then_report(venv: WheelEnv, app: Path, tmp_path: Pa
     report = venv.run("scopetrace", "report", out)
     assert report.returncode == 0, report.stderr
     text = report.stdout
-    assert text.startswith(f"scopetrace report: 2 violation(s) in {out}")
+    assert text.startswith(f"scopetrace report: 2 violation(s) and 2 orphan warning(s) in {out}")
     assert "1 distinct" in text
     assert "by kind:  wrong_task 2" in text and "by cause: sibling_task 2" in text
     assert "2  wrong_task (sibling_task), 2 process(es)" in text

@@ -20,7 +20,7 @@ child's code.  anyio <= 4.13 raises nothing at the child's end (an orphan
 warning only).
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.  Deterministic: no sleeps.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -85,8 +85,9 @@ async def fixed_child_asyncgen() -> None:
 
 
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 

@@ -13,7 +13,7 @@ iteration, forever.  The violation is the application's (its ``connect()`` /
 ``--fixed``: connect() and close() in one owner task.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>`` (with the number of ``_deliver_cancellation`` calls in an
 idle 0.3 s window after the violation).
 """
@@ -31,7 +31,7 @@ from typing import Any
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 

@@ -2,6 +2,7 @@
 
     python fastmcp_shared_client.py                     # shared Client, streamable HTTP
     python fastmcp_shared_client.py --transport memory  # ... to an in-process server
+    python fastmcp_shared_client.py --shape proxy       # FastMCPProxy serving two concurrent requests
     python fastmcp_shared_client.py serve               # the MCP server (used by the above)
 
 Before 2.6.0 ``Client.__aenter__`` opened the session (an ``AsyncExitStack``
@@ -12,9 +13,13 @@ in a background task of its own (``Client._session_runner``).
 
 Order, by events: task A enters (A's task opens the session), task B enters, A
 leaves and ends, B calls a tool and leaves: B closes the stack A's task entered.
+The proxy shape is #533/#622 itself: two requests to a ``FastMCPProxy`` share
+its ``Client``; request A's handler leaves it with the session's scopes still
+open inside its own request scope ("isn't the current tasks's current cancel
+scope"), request B's handler is the last to leave and closes them.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>`` with what the application saw.  No network: the server is a
 subprocess on 127.0.0.1.
 """
@@ -36,7 +41,7 @@ HERE = Path(__file__).resolve()
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -44,7 +49,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
 
 
-def make_server():
+REQUEST_TIMEOUT = 3.0  # the affected release leaves proxy request B hanging
+
+
+def make_server(gates: dict[str, asyncio.Event] | None = None):
+    """The tool server; with ``gates`` (in-process only) ``hold_a``/``hold_b``
+    wait on events, which orders two proxied requests exactly."""
     from fastmcp import FastMCP
 
     server = FastMCP("verify-culprits-fastmcp")
@@ -52,6 +62,20 @@ def make_server():
     @server.tool()
     async def echo(text: str) -> str:
         return f"echo:{text}"
+
+    if gates is not None:
+
+        @server.tool()
+        async def hold_a() -> str:
+            gates["a_inside"].set()  # request A holds the proxy's client now
+            await gates["b_inside"].wait()
+            return "a"
+
+        @server.tool()
+        async def hold_b() -> str:
+            gates["b_inside"].set()
+            await gates["a_left"].wait()  # request A has left the client
+            return "b"
 
     return server
 
@@ -134,9 +158,39 @@ async def shared_client(target) -> list[object]:
     return results
 
 
+async def proxy() -> list[object]:
+    from fastmcp import Client, FastMCP
+
+    gates = {k: asyncio.Event() for k in ("a_inside", "b_inside", "a_left")}
+    proxy_server = FastMCP.as_proxy(Client(make_server(gates)), name="proxy")
+
+    async def request_a(front) -> str:
+        try:
+            out = await front.call_tool("hold_a", {})
+            return out[0].text
+        finally:
+            gates["a_left"].set()
+
+    async def request_b(front) -> str:
+        await gates["a_inside"].wait()
+        out = await front.call_tool("hold_b", {})
+        return out[0].text
+
+    async def via_front(fn) -> str:
+        async with Client(proxy_server) as front:  # one front client per request
+            return await asyncio.wait_for(fn(front), REQUEST_TIMEOUT)
+
+    return await asyncio.gather(
+        asyncio.create_task(via_front(request_a), name="request-A"),
+        asyncio.create_task(via_front(request_b), name="request-B"),
+        return_exceptions=True,
+    )
+
+
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
@@ -144,12 +198,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
     parser.add_argument("--transport", choices=("http", "memory"), default="http")
+    parser.add_argument("--shape", choices=("client", "proxy"), default="client")
     args = parser.parse_args()
     if args.command == "serve":
         serve()
         return 0
     trace()
-    if args.transport == "http":
+    if args.shape == "proxy":
+        results = asyncio.run(proxy())
+    elif args.transport == "http":
         with HttpServer() as url:
             results = asyncio.run(shared_client(url))
     else:

@@ -16,7 +16,7 @@ the application's ``connect()``/``cleanup()`` is the code to fix.
 per-child scope: the session's task group is the scope in the way.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.  Offline: the servers are stdio subprocesses.
 """
 
@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve()
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -88,8 +88,9 @@ class ToolClient:
 
 
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
@@ -170,7 +171,7 @@ def main() -> int:
 
     scopetrace.flush()
     print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in str(out.get("answer")) else 1
+    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
 
 
 if __name__ == "__main__":

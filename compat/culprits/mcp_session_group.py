@@ -13,7 +13,7 @@ caller's task; with ``exit_stack=`` of the caller's, the children exit scopes
 the caller's task entered.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.  Offline: the server is a stdio subprocess.
 """
 
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve()
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -62,8 +62,9 @@ def _params():
 
 
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
@@ -109,7 +110,7 @@ def main() -> int:
 
     scopetrace.flush()
     print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in str(out.get("answer")) else 1
+    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
 
 
 if __name__ == "__main__":

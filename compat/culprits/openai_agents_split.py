@@ -13,7 +13,7 @@ releases log the refused exit at DEBUG and go on; this driver listens to the
 ``openai.agents`` logger for it.  The model is scripted (no LLM, no network).
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.
 """
 
@@ -35,7 +35,7 @@ os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -63,12 +63,16 @@ def scripted_model():
     from agents.items import ModelResponse
     from agents.models.interface import Model
     from agents.usage import Usage
-    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+    from openai.types.responses import (
+        ResponseFunctionToolCall,
+        ResponseOutputMessage,
+        ResponseOutputText,
+    )
 
     class ScriptedModel(Model):
         """Turn 1: call the MCP tool ``add``; turn 2: answer with its output."""
 
-        async def get_response(self, system_instructions, input, model_settings, tools,
+        async def get_response(self, system_instructions, input, model_settings, tools,  # noqa: A002 (the interface)
                                output_schema, handoffs, tracing, **kwargs: Any) -> ModelResponse:
             items = input if isinstance(input, list) else []
             outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
@@ -174,7 +178,7 @@ def main() -> int:
     scopetrace.flush()
     out["errors"] += seen.hits
     print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in str(out.get("answer")) else 1
+    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
 
 
 if __name__ == "__main__":

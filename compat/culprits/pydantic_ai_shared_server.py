@@ -16,7 +16,7 @@ LLM) asks for four parallel tool calls.  1.92.0 runs the session in a task of
 its own: both runs succeed.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.  Offline: the server is a subprocess on 127.0.0.1.
 """
 
@@ -39,7 +39,7 @@ TOOLS = {"probe_a": 0.04, "probe_b": 0.01, "probe_c": 0.03, "probe_d": 0.02}
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -138,8 +138,9 @@ async def two_runs(url: str) -> list[Any]:
 
 
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 

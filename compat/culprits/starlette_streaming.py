@@ -18,7 +18,7 @@ per-child scope (the generator's scope is in the way), and the event loop's
 finalizer later closes the generator in a task of its own.
 
 Written for compat/verify_culprits.py: scopetrace is installed with the jsonl
-exporter at ``$SCOPETRACE_VERIFY_JSONL``; the last stdout line is
+exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 ``RESULT <json>``.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 def trace() -> None:
     import scopetrace
 
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["SCOPETRACE_VERIFY_JSONL"],
+    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
                        stack_depth=64, rate_limit=0)
 
 
@@ -83,8 +83,9 @@ def make_app(variant: str) -> Starlette:
 
 
 def _leaves(exc: BaseException) -> list[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [s for e in exc.exceptions for s in _leaves(e)]
+    inner = getattr(exc, "exceptions", None)  # an exception group
+    if isinstance(inner, tuple):
+        return [s for e in inner for s in _leaves(e)]
     return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
@@ -128,14 +129,14 @@ async def main(variant: str) -> None:
     def paused() -> bool:
         return any(c.flow is not None and c.flow.write_paused for c in server.server_state.connections)
 
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
-        async with client.stream("GET", "/stream") as response:
-            chunks = response.aiter_raw()
-            await chunks.__anext__()  # one chunk, then a slow client
-            await wait_for(paused)
-            server.should_exit = True  # a deploy stops the server under an open stream
-            await wait_for(request_done.is_set)
-            await chunks.aclose()
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False)
+    async with client, client.stream("GET", "/stream") as response:
+        chunks = response.aiter_raw()
+        await chunks.__anext__()  # one chunk, then a slow client
+        await wait_for(paused)
+        server.should_exit = True  # a deploy stops the server under an open stream
+        await wait_for(request_done.is_set)
+        await chunks.aclose()
     await serving
 
 

@@ -16,7 +16,8 @@ asyncio, trio and contextlib, and of pytest, are left out first):
   ``connect()``/``cleanup()``, ``start()``/``close()``.  That owner entered
   the inner context manager in one call and exited it in another, i.e. it
   carried the lifetime across the gap: the culprit, if it is outside the
-  library that entered the scope;
+  library that entered the scope -- unless the level outside it is one
+  async generator resumed by the other task (below);
 * **a break** -- anything else, or one stack ends: the two tasks' code paths
   part here, so the first frame outside that library on the entering side
   (the code that entered the library's context manager) is the culprit.
@@ -32,30 +33,47 @@ Several frames are often defensible.  Why these rules pick the one they pick:
   outer layers (a toolset combining servers, the agent run) hold the inner
   object, but only the innermost one holds the scope's owner itself; the
   upstream fixes of the cases above changed exactly that layer.
+* An ``__aenter__``/``__aexit__`` pair called from *one async generator
+  frame at the same line* on both sides is one ``async with`` statement seen
+  from its two halves: the generator was suspended inside it and resumed by
+  the other task.  It nests correctly; whoever moved the generator between
+  tasks split it.  That is the fixture under a test runner (pytest-asyncio
+  runs a fixture's setup and teardown as two tasks, by design: its frames are
+  left out, and the fixture is the culprit), or the consumer that dropped an
+  iterated generator (below).  Two *coroutines* at the same line are two
+  calls, not one frame: there the pair really carried the lifetime.
 * When every level pairs up to the end of the stacks, the outermost frame
-  outside the library is the culprit: a test runner's task that ran the
-  fixture (anyio's ``TestRunner``), or the fixture itself under pytest-asyncio
-  (whose frames are left out: it splits setup and teardown by design).
+  is the culprit: anyio's ``TestRunner`` (which promises one task for a test
+  and its fixtures), or a fixture whose runner's frames were left out.
 * When the library itself delegated (its own frames do not pair up: the
   claude-agent-sdk's ``Query.start()``/``Query.close()``) and nothing outside
   it breaks, the library is the culprit.
+* When each side used a context manager in a ``with`` block of its own, the
+  context manager itself carried the scope from one task to the other (a
+  shared, ref-counted connection): it is the culprit, not its callers.
 * An async generator that spans the scope and is abandoned by its consumer
   (closed by the event loop's finalizer, or never) is culpable where it was
   dropped: the consumer's frame, the first one the closing side lacks.
 
 With only the entering stack (an orphan warning, or the scope in the way of
-a misnest) the same rules apply to one side: outwards from the scope, past
-the library's own frames and the generator-based context managers, the first
-frame that is neither.
+a misnest) the same rules apply to one side: an iterated or runner-driven
+async generator on the stack holds everything inside it across a yield, so
+the outermost one decides (its consumer, or the fixture itself); otherwise,
+outwards from the scope, past the library's own frames and the generator-based
+context managers, the first frame that is neither.
 """
 
 from __future__ import annotations
 
+import linecache
+import os
 from collections.abc import Callable
 
 from . import _fixtures, _packages
 from ._report import Culprit, Fixture
 from ._stacks import Frame, is_plumbing
+
+Frames = tuple[Frame, ...]
 
 
 def _skipped(frame: Frame) -> bool:
@@ -70,8 +88,36 @@ def _package(frame: Frame) -> str:
     return place[1] if place is not None else ""
 
 
+_CONTEXTLIB = f"{os.sep}contextlib.py"
+
+
+def _walked(frames: Frames) -> tuple[Frames, tuple[bool, ...]]:
+    """The frames a culprit can be (innermost first), and for each whether it
+    is a generator driven by contextlib -- an ``@asynccontextmanager`` body,
+    which nests like any ``async with`` -- as opposed to one iterated by a
+    consumer or driven by a test runner."""
+    kept: list[Frame] = []
+    managed: list[bool] = []
+    for i, frame in enumerate(frames):
+        if _skipped(frame):
+            continue
+        driver = frames[i + 1] if i + 1 < len(frames) else None
+        kept.append(frame)
+        managed.append(
+            frame.is_async_generator
+            and driver is not None
+            and driver.filename.endswith(_CONTEXTLIB)
+        )
+    return tuple(kept), tuple(managed)
+
+
 def _same(a: Frame, b: Frame) -> bool:
     return a.same_function(b)
+
+
+def _resumed(a: Frame, b: Frame) -> bool:
+    """One async generator frame, seen from two tasks: same code, same line."""
+    return a.is_async_generator and a.same_function(b) and a.lineno == b.lineno
 
 
 def _delegation(a: Frame, b: Frame) -> bool:
@@ -90,11 +136,9 @@ def _with_statement(frame: Frame) -> bool:
     """Whether the frame's line (or one of the two before it, for a with
     statement spread over lines) is a ``with``/``async with`` statement.
 
-    Reads the source through linecache: only in the one case the stacks
-    alone cannot decide, and once per file.
+    Reads the source through linecache: only in the cases the stacks alone
+    cannot decide, and once per file.
     """
-    import linecache
-
     for lineno in (frame.lineno, frame.lineno - 1, frame.lineno - 2):
         if lineno <= 0:
             break
@@ -106,10 +150,10 @@ def _with_statement(frame: Frame) -> bool:
     return False
 
 
-def find(
-    opener: tuple[Frame, ...],
-    closer: tuple[Frame, ...] | None,
-    blocker: tuple[Frame, ...] | None = None,
+def find(  # noqa: PLR0917 - the facts of one report, each optional
+    opener: Frames,
+    closer: Frames | None,
+    blocker: Frames | None = None,
     fixture: Fixture | None = None,
     package_of: Callable[[Frame], str] = _package,
     same_task: bool = False,
@@ -128,8 +172,15 @@ def find(
         return _one_side(blocker, package_of, "the scope in the way")
     if closer is None:
         return _one_side(opener, package_of, "the scope")
-    o = tuple(f for f in opener if not _skipped(f))
-    c = tuple(f for f in closer if not _skipped(f))
+    return _two_sides(opener, closer, fixture, package_of, same_task)
+
+
+def _two_sides(
+    opener: Frames, closer: Frames, fixture: Fixture | None,
+    package_of: Callable[[Frame], str], same_task: bool,
+) -> Culprit | None:
+    o, managed = _walked(opener)
+    c, _ = _walked(closer)
     if not o:
         if not opener:
             return None
@@ -138,42 +189,58 @@ def find(
     inside: int | None = None  # the innermost delegation within the library itself
     for k, a in enumerate(o):
         if k >= len(c):
-            return Culprit(a, _reason_break(o, c, k, lib, same_task))  # the closing side ended
+            # The closing side ended.  Inside the library, a delegation found
+            # further in is the better answer (it split itself).
+            if package_of(a) == lib and inside is not None:
+                break
+            return Culprit(a, _reason_break(o, managed, c, k, lib, same_task))
         b = c[k]
+        shared = k > 0 and _counterparts(o[k - 1], c[k - 1])
         if _same(a, b):
-            continue
+            if shared and not a.is_async_generator:
+                # Two runs of one function, in two tasks, used one context
+                # manager: it carried the scope from one to the other (a
+                # shared, ref-counted connection), not the function.
+                return Culprit(o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"two runs of {a.function}"))
+            continue  # a context manager's body, or one generator frame resumed elsewhere
+        if shared and _with_statement(a) and _with_statement(b):
+            # Each side used the context manager in a with block of its own.
+            return Culprit(o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"{a.function} and {b.function}"))
         if not _delegation(a, b):
             # A break: the two code paths part.  Inside the library, a
             # delegation found further in is the better answer.
             if package_of(a) == lib and inside is not None:
                 break
-            if k > 0 and _counterparts(o[k - 1], c[k - 1]) and _with_statement(a) and _with_statement(b):
-                # Each side used the context manager in a with block of its
-                # own: the context manager itself carried the scope from one
-                # task to the other (a shared, ref-counted connection).
-                inner, other = o[k - 1], c[k - 1]
-                return Culprit(
-                    inner,
-                    f"{a.function} and {b.function} each used it in a with block, in different "
-                    f"tasks; {inner.function} entered the scope for both and {other.function} "
-                    "exited it in the other task",
-                )
-            return Culprit(a, _reason_break(o, c, k, lib, same_task))
+            return Culprit(a, _reason_break(o, managed, c, k, lib, same_task))
+        if k + 1 < len(o) and k + 1 < len(c) and _resumed(o[k + 1], c[k + 1]):
+            continue  # one async with, in one generator frame moved between tasks
         if package_of(a) != lib:
             return Culprit(a, _reason_delegation(o, c, k, lib, same_task))
-        if inside is None:
+        if inside is None and not _counterparts(a, b):
+            # The library's own methods split it (start()/close()); a context
+            # manager's two halves are no such split: whoever called them is.
             inside = k
+    last = o[-1]
+    if last.is_async_generator and not managed[-1] and len(c) >= len(o) and _resumed(last, c[len(o) - 1]):
+        # The walk ended at a generator moved between tasks by a runner whose
+        # frames are left out: the fixture held the scope across its yield.
+        return Culprit(last, f"{last.function} held the scope across a yield: {_runner_words(fixture)}")
     if inside is not None:
         a, b = o[inside], c[inside]
         return Culprit(a, f"{_name(lib)}'s {a.function} entered it and {b.function} {_exited(same_task)}")
     # Every level paired up to the end of the stacks.
-    last = o[-1]
-    return Culprit(
-        last, f"both tasks ran {last.function} down to the scope: {_runner_words(fixture)}"
+    return Culprit(last, f"both tasks ran {last.function} down to the scope: {_runner_words(fixture)}")
+
+
+def _reason_shared(enter: Frame, exit_: Frame, users: str) -> str:
+    return (
+        f"{users} each used {enter.owner or enter.function} as a context manager, in different "
+        f"tasks; {enter.function} entered the scope for both and {exit_.function} exited it "
+        "in the other task"
     )
 
 
-def _still_running(blocker: tuple[Frame, ...], closer: tuple[Frame, ...]) -> bool:
+def _still_running(blocker: Frames, closer: Frames) -> bool:
     """Whether the frame that entered the blocking scope is on the exiting
     stack, with the same callers at the same lines: the block is still open."""
     inner = next((f for f in blocker if not _skipped(f)), None)
@@ -183,7 +250,8 @@ def _still_running(blocker: tuple[Frame, ...], closer: tuple[Frame, ...]) -> boo
     for i, frame in enumerate(closer):
         if frame.same_function(inner):
             return all(
-                a.same_function(b) and a.lineno == b.lineno for a, b in zip(outer, closer[i + 1:])
+                a.same_function(b) and a.lineno == b.lineno
+                for a, b in zip(outer, closer[i + 1:], strict=False)
             )
     return False
 
@@ -207,19 +275,20 @@ def _exited(same_task: bool) -> str:
     return "exited it in another task"
 
 
-def _reason_delegation(
-    o: tuple[Frame, ...], c: tuple[Frame, ...], k: int, lib: str, same_task: bool
-) -> str:
+def _reason_delegation(o: Frames, c: Frames, k: int, lib: str, same_task: bool) -> str:
     inner = o[k - 1] if k > 0 else o[0]
-    return f"{o[k].function} entered {_name(lib)}'s {inner.function} and {c[k].function} {_exited(same_task)}"
+    return (
+        f"{o[k].function} entered {_name(lib)}'s {inner.function} and {c[k].function} "
+        f"{_exited(same_task)}"
+    )
 
 
 def _reason_break(
-    o: tuple[Frame, ...], c: tuple[Frame, ...], k: int, lib: str, same_task: bool
+    o: Frames, managed: tuple[bool, ...], c: Frames, k: int, lib: str, same_task: bool
 ) -> str:
     inner = o[k - 1] if k > 0 else None
     if k >= len(c):
-        if inner is not None and inner.is_async_generator:
+        if inner is not None and inner.is_async_generator and not managed[k - 1]:
             return (
                 f"the async generator {inner.function} held the scope across a yield; "
                 f"{o[k].function} stopped iterating it without closing it (contextlib.aclosing)"
@@ -229,23 +298,35 @@ def _reason_break(
     return f"{o[k].function} entered {what}, and {c[k].function} {_exited(same_task)}"
 
 
-def _one_side(frames: tuple[Frame, ...], package_of: Callable[[Frame], str], what: str) -> Culprit | None:
-    o = tuple(f for f in frames if not _skipped(f))
+def _one_side(frames: Frames, package_of: Callable[[Frame], str], what: str) -> Culprit | None:
+    o, managed = _walked(frames)
     if not o:
         return Culprit(frames[0], "only anyio's own frames were recorded") if frames else None
+    # An iterated (or runner-driven) async generator holds everything inside
+    # it across a yield: the outermost such generator decides.
+    moved = [k for k in range(len(o)) if o[k].is_async_generator and not managed[k]]
+    if moved:
+        k = moved[-1]
+        gen = o[k]
+        if k + 1 < len(o):
+            return Culprit(
+                o[k + 1],
+                f"{o[k + 1].function} drives the async generator {gen.function}, which holds "
+                f"{what} open across a yield, and did not close it in the task that entered "
+                "it (contextlib.aclosing)",
+            )
+        return Culprit(gen, f"{gen.function} holds {what} open across a yield")
     lib = package_of(o[0])
     for k in range(1, len(o)):
         frame, inner = o[k], o[k - 1]
         if frame.is_async_generator:
-            continue  # a context manager's body, or a generator iterated further out
+            continue  # a context manager's body: look further out
         if inner.is_async_generator:
-            # Past a generator: this frame holds it (entered the context
-            # manager, or iterates it) beyond the generator's own frames.
-            verb = "iterates" if package_of(inner) != package_of(frame) or not lib else "entered"
+            # Past a context manager's body: this frame entered it and kept it.
             return Culprit(
                 frame,
-                f"{frame.function} {verb} {inner.function}, which holds {what} open across a "
-                "yield, and did not close it in the task that entered it",
+                f"{frame.function} entered {inner.function}, which holds {what} open, and did "
+                "not exit it in the task that entered it",
             )
         if inner.name in ("__aenter__", "__enter__") and _with_statement(frame):
             # The caller used the context manager in a with block, which has
@@ -262,6 +343,4 @@ def _one_side(frames: tuple[Frame, ...], package_of: Callable[[Frame], str], wha
                 "and did not exit it in the task that entered it",
             )
     first = o[0]
-    if first.is_async_generator:
-        return Culprit(o[-1], f"{o[-1].function} holds {what} open across a yield")
     return Culprit(first, f"{first.function} entered {what} and did not exit it in the same task")

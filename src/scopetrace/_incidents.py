@@ -25,10 +25,12 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from ._stacks import line_of
+
 #: Seconds within which violations of one closing call are grouped.
 WINDOW = 1.0
-#: Most scopes and tasks remembered.
-MAX_ENTRIES = 4096
+#: Most scopes and tasks remembered (dead scopes' entries go first).
+MAX_ENTRIES = 1024
 
 
 def new_id() -> str:
@@ -63,8 +65,12 @@ class Incidents:
         with self._lock:
             self._scopes[id(scope)] = (ref, incident)
             self._scopes.move_to_end(id(scope))
-            while len(self._scopes) > MAX_ENTRIES:
-                self._scopes.popitem(last=False)
+            if len(self._scopes) > MAX_ENTRIES:
+                for key, (old, _) in list(self._scopes.items()):
+                    if old() is None:
+                        del self._scopes[key]
+                while len(self._scopes) > MAX_ENTRIES:
+                    self._scopes.popitem(last=False)
 
     def for_violation(
         self, scope: object, closer: object, closer_raw: tuple[Any, ...], blockers: list[object],
@@ -78,7 +84,6 @@ class Incidents:
             # orphan warning, or the violation that failed to close it).
             incident = incident or self.of_scope(blocker)
         now = time.monotonic()
-        outer = _outer(closer_raw)
         if incident is None:
             with self._lock:
                 entry = self._closings.get(id(closer))
@@ -86,8 +91,7 @@ class Incidents:
                 entry is not None
                 and entry[0]() is closer
                 and now - entry[3] < WINDOW
-                and outer
-                and entry[2] == outer
+                and _same_call(entry[2], closer_raw)
             ):
                 incident = entry[1]
         if incident is None:
@@ -98,7 +102,7 @@ class Incidents:
         ref = _ref(closer)
         if ref is not None:
             with self._lock:
-                self._closings[id(closer)] = (ref, incident, outer, now)
+                self._closings[id(closer)] = (ref, incident, tuple(closer_raw), now)
                 self._closings.move_to_end(id(closer))
                 while len(self._closings) > MAX_ENTRIES:
                     self._closings.popitem(last=False)
@@ -138,7 +142,22 @@ def _ref(obj: object) -> Any:
         return None
 
 
-def _outer(raw: tuple[Any, ...], keep: int = 4) -> tuple[Any, ...]:
-    """The outermost frames of a closing stack, as (code, lasti) pairs: still
-    equal while the same call is unwinding nested scopes."""
-    return tuple(raw[-2 * keep:]) if len(raw) >= 2 * keep else tuple(raw)
+def _same_call(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    """Whether two closing stacks (flat ``(code, lasti, ...)``, innermost first)
+    are one call unwinding nested scopes: the outer frames the two share, at
+    the same lines, are at least two and at least half of the shorter stack
+    (the rest is the inner scopes' own exit frames, which differ).  Lines, not
+    instructions: a frame the first refusal's exception went through awaits
+    at another instruction of the same statement."""
+    a, b = len(before) // 2, len(now) // 2
+    shared = 0
+    while shared < min(a, b):
+        i, j = 2 * (a - shared - 1), 2 * (b - shared - 1)
+        code = before[i]
+        if code is not now[j] or (
+            before[i + 1] != now[j + 1]
+            and line_of(code, before[i + 1]) != line_of(code, now[j + 1])
+        ):
+            break
+        shared += 1
+    return shared >= 2 and 2 * shared >= min(a, b)

@@ -59,7 +59,7 @@ class Frame(NamedTuple):
         return bool(self.flags & CO_ASYNC_GENERATOR)
 
 
-def _line_of(code: CodeType, lasti: int) -> int:
+def line_of(code: CodeType, lasti: int) -> int:
     if lasti >= 0:
         for start, end, line in code.co_lines():
             if start <= lasti < end and line is not None:
@@ -106,7 +106,7 @@ def _resolve(raw: tuple[Any, ...], files: tuple[str, ...]) -> tuple[Frame, ...]:
         frames.append(
             Frame(
                 clean(code.co_filename),
-                _line_of(code, lasti),
+                line_of(code, lasti),
                 cap(clean(name)),
                 code.co_firstlineno,
                 code.co_flags,
