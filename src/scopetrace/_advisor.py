@@ -101,7 +101,9 @@ class KnownBug:
         remedy = self.remedy or (
             f"upgrade to {self.name}>={self.fixed_in} (raise your pin or floor if you have one)"
         )
-        return f"{self.name} {version} is affected by {issue}, fixed in {self.fixed_in}{fix}: {remedy}"
+        return (
+            f"{self.name} {version} is affected by {issue}, fixed in {self.fixed_in}{fix}: {remedy}"
+        )
 
 
 def _window(frames: Sequence[Frame], culprit: Frame | None) -> Sequence[Frame]:
@@ -110,7 +112,9 @@ def _window(frames: Sequence[Frame], culprit: Frame | None) -> Sequence[Frame]:
     if culprit is None:
         return ()
     for i, frame in enumerate(frames):
-        if frame.filename == culprit.filename and (frame == culprit or frame.owner == culprit.owner):
+        if frame.filename == culprit.filename and (
+            frame == culprit or frame.owner == culprit.owner
+        ):
             return frames[: i + 2]
     return ()
 
@@ -127,9 +131,7 @@ def _has_frame(frames: Iterable[Frame], patterns: tuple[tuple[str, str], ...]) -
         path = frame.filename.replace(os.sep, "/")
         for suffix, function in patterns:
             # Python 3.10 code objects have no qualname: only the last part.
-            if frame.function in (function, function.rpartition(".")[2]) and path.endswith(
-                suffix
-            ):
+            if frame.function in (function, function.rpartition(".")[2]) and path.endswith(suffix):
                 return True
     return False
 
@@ -190,9 +192,9 @@ def parse(document: Any) -> tuple[KnownBug, ...]:
                 requires=tuple(_requirement(r) for r in entry.get("requires", ())),
                 python_below=entry.get("python_below"),
             )
-            for bound in (bug.affected_from, bug.fixed_in) + tuple(
-                b for r in bug.requires for b in (r.affected_from, r.fixed_in)
-            ):
+            bounds = [bug.affected_from, bug.fixed_in]
+            bounds += [b for r in bug.requires for b in (r.affected_from, r.fixed_in)]
+            for bound in bounds:
                 if bound is not None:
                     version_key(bound)
             if not bug.frames or not bug.distributions:

@@ -53,7 +53,10 @@ ORPHAN_EXPLANATION = (
 
 
 def classify(
-    kind: str, closer_is_finalizer: bool, opener_running: bool | None, siblings: bool,
+    kind: str,
+    closer_is_finalizer: bool,
+    opener_running: bool | None,
+    siblings: bool,
     fixture: bool = False,
 ) -> str:
     """Map what is known about both tasks to a cause (see the causes table in docs/)."""

@@ -19,11 +19,14 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run miniature reproductions of two real bugs and their fixes, traced"
     )
     demo.add_argument(
-        "--backend", choices=("asyncio", "trio", "all"), default="all",
+        "--backend",
+        choices=("asyncio", "trio", "all"),
+        default="all",
         help="event loop backend(s) to run the demo on (default: all)",
     )
     run = sub.add_parser(
-        "run", help="run a command with tracing on, e.g. scopetrace run -- python app.py",
+        "run",
+        help="run a command with tracing on, e.g. scopetrace run -- python app.py",
         description="Run COMMAND with SCOPETRACE=1 and the given options as SCOPETRACE_* "
         "variables: every Python process it starts is traced, with no code change.",
     )

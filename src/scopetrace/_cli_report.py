@@ -86,8 +86,10 @@ def _reports(rec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
     event = rec.get(_jsonl.EVENT, "violation")  # 0.1 files have no event field
     attrs = rec[_jsonl.ATTRIBUTES]
     if event == _jsonl.HELD_BACK:
-        yield "violation" if semconv.VIOLATION_KIND in attrs else "orphaned", attrs, _count(
-            rec.get(_jsonl.COUNT)
+        yield (
+            "violation" if semconv.VIOLATION_KIND in attrs else "orphaned",
+            attrs,
+            _count(rec.get(_jsonl.COUNT)),
         )
         return
     # A report let through by the rate limit stands for those it held back.
@@ -96,8 +98,10 @@ def _reports(rec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
     for other in related if isinstance(related, list) else ():
         if isinstance(other, dict) and isinstance(other.get(_jsonl.ATTRIBUTES), dict):
             inner = other[_jsonl.ATTRIBUTES]
-            yield str(other.get(_jsonl.EVENT, "violation")), inner, 1 + _count(
-                inner.get(semconv.SUPPRESSED, 0)
+            yield (
+                str(other.get(_jsonl.EVENT, "violation")),
+                inner,
+                1 + _count(inner.get(semconv.SUPPRESSED, 0)),
             )
 
 
@@ -135,8 +139,10 @@ def summarise(records: Iterable[dict[str, Any] | None]) -> Summary:
             kind, cause, opener_site, closer_site = (
                 _text(attrs.get(name, "?"))
                 for name in (
-                    semconv.VIOLATION_KIND, semconv.VIOLATION_CAUSE,
-                    semconv.OPENER_SITE, semconv.CLOSER_SITE,
+                    semconv.VIOLATION_KIND,
+                    semconv.VIOLATION_CAUSE,
+                    semconv.OPENER_SITE,
+                    semconv.CLOSER_SITE,
                 )
             )
             culprit.violations += count
@@ -217,7 +223,9 @@ def report(paths: list[str], out: TextIO | None = None, err: TextIO | None = Non
     try:
         summary = summarise(_records(paths))
     except OSError as exc:
-        errors.write(f"scopetrace report: cannot read {_text(exc.filename)}: {exc.strerror or exc}\n")
+        errors.write(
+            f"scopetrace report: cannot read {_text(exc.filename)}: {exc.strerror or exc}\n"
+        )
         return 2
     try:
         render(summary, ", ".join(paths), output)

@@ -34,18 +34,25 @@ def _flag(field: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per option, named after it: ``stack_depth`` → ``--stack-depth``."""
     for field in dataclasses.fields(Options):
-        help_text = f"{accepted(field.name)} (sets {env_name(field.name)}; default {field.default!r})"
+        help_text = (
+            f"{accepted(field.name)} (sets {env_name(field.name)}; default {field.default!r})"
+        )
         if field.type in (bool, "bool"):
             parser.add_argument(
-                _flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
-                default=None, help=help_text,
+                _flag(field.name),
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             parser.add_argument(
                 _flag(field.name), dest=field.name, metavar="VALUE", default=None, help=help_text
             )
     parser.add_argument(
-        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
         help="the command to run, with its arguments",
     )
 
@@ -58,7 +65,9 @@ def child_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> d
         value: Any = getattr(args, field.name)
         if value is None:
             continue
-        env[env_name(field.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        env[env_name(field.name)] = (
+            ("1" if value else "0") if isinstance(value, bool) else str(value)
+        )
     return env
 
 
@@ -81,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     """Replace this process with the command; return only when it cannot start."""
     command = command_of(args)
     if not command:
-        sys.stderr.write("scopetrace run: no command given (scopetrace run [options] -- COMMAND ...)\n")
+        sys.stderr.write(
+            "scopetrace run: no command given (scopetrace run [options] -- COMMAND ...)\n"
+        )
         return 2
     if not hook_installed():
         sys.stderr.write(
@@ -102,4 +113,3 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         sys.stderr.write(f"scopetrace run: cannot run {command[0]}: {exc.strerror or exc}\n")
         return 126
-

@@ -204,7 +204,9 @@ def resolve(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             values[field] = parser.parse(variable)
         except (ValueError, TypeError):
             default = getattr(Options, field)
-            warn_invalid(env_name(field), variable, parser.accepted, f"using the default {default!r}")
+            warn_invalid(
+                env_name(field), variable, parser.accepted, f"using the default {default!r}"
+            )
     missing = _otlp_missing() if values.get("exporter") == "otlp" else None
     if missing is not None:
         warn(

@@ -176,15 +176,20 @@ def find(  # noqa: PLR0917 - the facts of one report, each optional
 
 
 def _two_sides(
-    opener: Frames, closer: Frames, fixture: Fixture | None,
-    package_of: Callable[[Frame], str], same_task: bool,
+    opener: Frames,
+    closer: Frames,
+    fixture: Fixture | None,
+    package_of: Callable[[Frame], str],
+    same_task: bool,
 ) -> Culprit | None:
     o, managed = _walked(opener)
     c, _ = _walked(closer)
     if not o:
         if not opener:
             return None
-        return Culprit(opener[0], "only anyio's own frames were recorded when the scope was entered")
+        return Culprit(
+            opener[0], "only anyio's own frames were recorded when the scope was entered"
+        )
     lib = package_of(o[0])
     inside: int | None = None  # the innermost delegation within the library itself
     for k, a in enumerate(o):
@@ -201,11 +206,15 @@ def _two_sides(
                 # Two runs of one function, in two tasks, used one context
                 # manager: it carried the scope from one to the other (a
                 # shared, ref-counted connection), not the function.
-                return Culprit(o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"two runs of {a.function}"))
+                return Culprit(
+                    o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"two runs of {a.function}")
+                )
             continue  # a context manager's body, or one generator frame resumed elsewhere
         if shared and _with_statement(a) and _with_statement(b):
             # Each side used the context manager in a with block of its own.
-            return Culprit(o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"{a.function} and {b.function}"))
+            return Culprit(
+                o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"{a.function} and {b.function}")
+            )
         if not _delegation(a, b):
             # A break: the two code paths part.  Inside the library, a
             # delegation found further in is the better answer.
@@ -221,15 +230,26 @@ def _two_sides(
             # manager's two halves are no such split: whoever called them is.
             inside = k
     last = o[-1]
-    if last.is_async_generator and not managed[-1] and len(c) >= len(o) and _resumed(last, c[len(o) - 1]):
+    if (
+        last.is_async_generator
+        and not managed[-1]
+        and len(c) >= len(o)
+        and _resumed(last, c[len(o) - 1])
+    ):
         # The walk ended at a generator moved between tasks by a runner whose
         # frames are left out: the fixture held the scope across its yield.
-        return Culprit(last, f"{last.function} held the scope across a yield: {_runner_words(fixture)}")
+        return Culprit(
+            last, f"{last.function} held the scope across a yield: {_runner_words(fixture)}"
+        )
     if inside is not None:
         a, b = o[inside], c[inside]
-        return Culprit(a, f"{_name(lib)}'s {a.function} entered it and {b.function} {_exited(same_task)}")
+        return Culprit(
+            a, f"{_name(lib)}'s {a.function} entered it and {b.function} {_exited(same_task)}"
+        )
     # Every level paired up to the end of the stacks.
-    return Culprit(last, f"both tasks ran {last.function} down to the scope: {_runner_words(fixture)}")
+    return Culprit(
+        last, f"both tasks ran {last.function} down to the scope: {_runner_words(fixture)}"
+    )
 
 
 def _reason_shared(enter: Frame, exit_: Frame, users: str) -> str:
@@ -246,12 +266,12 @@ def _still_running(blocker: Frames, closer: Frames) -> bool:
     inner = next((f for f in blocker if not _skipped(f)), None)
     if inner is None:
         return False
-    outer = blocker[blocker.index(inner) + 1:]
+    outer = blocker[blocker.index(inner) + 1 :]
     for i, frame in enumerate(closer):
         if frame.same_function(inner):
             return all(
                 a.same_function(b) and a.lineno == b.lineno
-                for a, b in zip(outer, closer[i + 1:], strict=False)
+                for a, b in zip(outer, closer[i + 1 :], strict=False)
             )
     return False
 
@@ -283,7 +303,7 @@ def _reason_delegation(o: Frames, c: Frames, k: int, lib: str, same_task: bool) 
     )
 
 
-def _reason_break(
+def _reason_break(  # noqa: PLR0917 - the walk's state at the break
     o: Frames, managed: tuple[bool, ...], c: Frames, k: int, lib: str, same_task: bool
 ) -> str:
     inner = o[k - 1] if k > 0 else None

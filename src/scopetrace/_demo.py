@@ -172,9 +172,7 @@ async def shared_buggy(errors: list[BaseException]) -> None:
 async def shared_misnested(errors: list[BaseException]) -> None:
     conn = SharedConnectionBuggy()
     # Call 0 opens the scope and is also the last to finish.
-    await _gather(
-        *((_tool_call_in_timeout, (conn, i, 0.01 * (4 - i), errors)) for i in range(4))
-    )
+    await _gather(*((_tool_call_in_timeout, (conn, i, 0.01 * (4 - i), errors)) for i in range(4)))
 
 
 async def shared_fixed(errors: list[BaseException]) -> None:
@@ -249,7 +247,8 @@ def run_demo(backend: str, out: IO[str]) -> int:
                 seen, errors = _run_scenario(name, be)
                 violated = any(report.is_violation for report in seen)
                 verdict = ("reported" if violated else "no report") + (
-                    " (as expected)" if violated == expect and (seen or not expect)
+                    " (as expected)"
+                    if violated == expect and (seen or not expect)
                     else " (UNEXPECTED)"
                 )
                 failures += violated != expect or (not expect and bool(seen))

@@ -71,7 +71,9 @@ def side(description: TaskDescription, raw: tuple[Any, ...] | None) -> TaskInfo:
         # The outermost frame of a task's stack is its coroutine (an eager
         # task's stack goes on into its parent's, so this is a best guess).
         coroutine = frames[-1].function
-    return TaskInfo(name, task_id, coroutine, site_of(frames), format_stack(frames), running, frames)
+    return TaskInfo(
+        name, task_id, coroutine, site_of(frames), format_stack(frames), running, frames
+    )
 
 
 def diagnose(facts: Facts) -> Report:
@@ -83,15 +85,21 @@ def diagnose(facts: Facts) -> Report:
         task_name, record = facts.blocker
         frames = frames_of(_record.frames(record))
         blocker = Blocker(
-            cap(clean(task_name)), site_of(frames) if frames else "<not recorded>",
-            format_stack(frames), facts.blocker_count, frames,
+            cap(clean(task_name)),
+            site_of(frames) if frames else "<not recorded>",
+            format_stack(frames),
+            facts.blocker_count,
+            frames,
         )
     fixture = _fixtures.find(opener.frames, closer.frames if closer else ())
     kind = facts.kind
     cause = None
     if kind is not None:
         cause = classify(
-            kind, facts.closer_is_finalizer, opener.running, facts.siblings,
+            kind,
+            facts.closer_is_finalizer,
+            opener.running,
+            facts.siblings,
             fixture=fixture is not None,
         )
     culprit = _culprit.find(
@@ -136,10 +144,11 @@ def enrich(report: Report) -> Report:
     if culprit is not None and culprit.package is None:
         dist = _packages.distribution_of(culprit.frame.filename)
         if dist is not None:
-            culprit = dataclasses.replace(culprit, package=clean(dist.name), version=clean(dist.version))
+            culprit = dataclasses.replace(
+                culprit, package=clean(dist.name), version=clean(dist.version)
+            )
             report = dataclasses.replace(report, culprit=culprit)
     advice = advise(report)
     if advice:
         report = dataclasses.replace(report, advice=advice)
     return report
-

@@ -85,7 +85,9 @@ def live_name() -> str | None:
     try:
         while frame is not None:
             code = frame.f_code
-            if code.co_name in ("execute", "finish") and code.co_filename.endswith(_PYTEST_FIXTURES):
+            if code.co_name in ("execute", "finish") and code.co_filename.endswith(
+                _PYTEST_FIXTURES
+            ):
                 name = getattr(frame.f_locals.get("self"), "argname", None)
                 if isinstance(name, str):
                     return clean(name)

@@ -49,7 +49,12 @@ def put_first() -> None:
     being first changes nothing for them.
     """
     with _lock:
-        if _pending and sys.meta_path and sys.meta_path[0] is not _FINDER and _FINDER in sys.meta_path:
+        if (
+            _pending
+            and sys.meta_path
+            and sys.meta_path[0] is not _FINDER
+            and _FINDER in sys.meta_path
+        ):
             sys.meta_path.remove(_FINDER)
             sys.meta_path.insert(0, _FINDER)
 

@@ -73,7 +73,11 @@ class Incidents:
                     self._scopes.popitem(last=False)
 
     def for_violation(
-        self, scope: object, closer: object, closer_raw: tuple[Any, ...], blockers: list[object],
+        self,
+        scope: object,
+        closer: object,
+        closer_raw: tuple[Any, ...],
+        blockers: list[object],
         exc: BaseException | None = None,
     ) -> str:
         """The incident of a violation of ``scope`` exited by ``closer`` (``exc``:

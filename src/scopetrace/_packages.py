@@ -92,7 +92,7 @@ def top_level(filename: str, thorough: bool = False) -> tuple[str, str] | None:
     path = os.path.realpath(filename) if os.path.isabs(filename) else filename
     for site in _site_dirs(thorough):
         if path.startswith(site):
-            first = path[len(site):].split(os.sep, 1)[0]
+            first = path[len(site) :].split(os.sep, 1)[0]
             name = first.removesuffix(".py")
             return (site, name) if name.isidentifier() else None
     return None
@@ -142,7 +142,8 @@ def _owner(site: str, name: str, rel: str) -> Distribution | None:
         if records(key):
             return listing[key][0]
     tops = [
-        key for key in listing
+        key
+        for key in listing
         if key not in likely
         and any(line.strip() == name for line in _read_lines(listing[key][1], "top_level.txt"))
     ]
@@ -166,7 +167,7 @@ def distribution_of(filename: str) -> Distribution | None:
             return None
         site, name = place
         path = os.path.realpath(filename)
-        rel = path[len(site):].replace(os.sep, "/")
+        rel = path[len(site) :].replace(os.sep, "/")
         key = (site, rel.rpartition("/")[0] or rel)
         with _lock:
             if key not in _owners:

@@ -46,17 +46,26 @@ class ScopeTraceWarning(UserWarning):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("scopetrace", "anyio cancel scope tracing (scopetrace)")
     group.addoption(
-        "--scopetrace", action="store_true", default=None,
+        "--scopetrace",
+        action="store_true",
+        default=None,
         help="trace anyio cancel scopes; a test during which a violation happens fails",
     )
     group.addoption(
-        "--scopetrace-warn", action="store_true", default=None,
+        "--scopetrace-warn",
+        action="store_true",
+        default=None,
         help="with --scopetrace: warn about violations instead of failing the test",
     )
-    parser.addini("scopetrace", "enable the scopetrace plugin (as --scopetrace)", type="bool",
-                  default=False)
-    parser.addini("scopetrace_warn", "warn instead of failing (as --scopetrace-warn)",
-                  type="bool", default=False)
+    parser.addini(
+        "scopetrace", "enable the scopetrace plugin (as --scopetrace)", type="bool", default=False
+    )
+    parser.addini(
+        "scopetrace_warn",
+        "warn instead of failing (as --scopetrace-warn)",
+        type="bool",
+        default=False,
+    )
 
 
 def _flag(config: pytest.Config, name: str) -> bool:
@@ -72,8 +81,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "(the scopetrace plugin neither fails nor warns)",
     )
     if _flag(config, "scopetrace"):
-        config.pluginmanager.register(_Tracer(warn=_flag(config, "scopetrace_warn")),
-                                      "scopetrace-tracer")
+        config.pluginmanager.register(
+            _Tracer(warn=_flag(config, "scopetrace_warn")), "scopetrace-tracer"
+        )
 
 
 class _Tracer:

@@ -109,7 +109,6 @@ def _checked_accelerator() -> Callable[[ContextVar[Any], int, object, object], R
     if not getattr(_speedups, "WALKS_INTERPRETER_FRAMES", 1):
         return _speedups.capture  # the public frame API: nothing private to check
 
-
     var: ContextVar[Any] = ContextVar("scopetrace_self_check")
 
     class Probe:
@@ -204,9 +203,7 @@ class Records(dict):  # type: ignore[type-arg]
             wanted = excess + self.cap // 10
             snapshot = self.copy()
             dead = [
-                (key, rec)
-                for key, rec in snapshot.items()
-                if _dead(rec[SCOPE]) or _dead(rec[TASK])
+                (key, rec) for key, rec in snapshot.items() if _dead(rec[SCOPE]) or _dead(rec[TASK])
             ]
             victims = dead[:wanted]
             if len(victims) < wanted:

@@ -327,7 +327,8 @@ _CLOSER_KEYS = (
 
 
 def _side(info: TaskInfo, keys: tuple[str, ...]) -> dict[str, Any]:
-    return dict(zip(keys, (info.name, info.id, info.coroutine, info.stacktrace, info.site)))
+    values = (info.name, info.id, info.coroutine, info.stacktrace, info.site)
+    return dict(zip(keys, values, strict=True))
 
 
 def _first_user_frame(frames: tuple[Frame, ...]) -> Frame | None:

@@ -195,7 +195,9 @@ class Reporter:
         report = _diagnosis.enrich(report)
         self._guard("log record", _text.log_incident, [report], self.level, None, 0, count)
         exporter = self._text_exporter()
-        if exporter == "jsonl" and self._append(_jsonl.encode(_jsonl.held_back_record(report, count))):
+        if exporter == "jsonl" and self._append(
+            _jsonl.encode(_jsonl.held_back_record(report, count))
+        ):
             return
         if exporter in ("jsonl", "console"):
             _text.print_held_back(report, count)

@@ -34,7 +34,9 @@ _NO_OTEL: ContextVar[Any] = ContextVar("scopetrace_no_otel")
 
 
 class Runtime:
-    def __init__(self, options: Options, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+    def __init__(
+        self, options: Options, tracer_provider: Any = None, meter_provider: Any = None
+    ) -> None:
         from ._reporter import Reporter
 
         self.options = options

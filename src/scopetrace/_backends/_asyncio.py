@@ -216,9 +216,13 @@ def _siblings(opener: Any, closer: Any, task_states: Any) -> bool:
     """True when both tasks are children of one anyio task group or one gather()."""
     try:
         a, b = task_states.get(opener), task_states.get(closer)
-        if a is not None and b is not None and a.parent_id is not None:
-            if a.parent_id == b.parent_id:
-                return True
+        if (
+            a is not None
+            and b is not None
+            and a.parent_id is not None
+            and a.parent_id == b.parent_id
+        ):
+            return True
     except Exception:
         pass
     # gather() leaves a done-callback on each child that closes over the
@@ -355,7 +359,8 @@ class Watcher:
         try:
             left_open = open_scopes(state, task)
             scopes = [
-                s for s in left_open
+                s
+                for s in left_open
                 if _record.lookup(self.runtime.records, s) is not None
                 # Entered before install() (no record), or already reported
                 # by the exit hook of another task (see before_violation).
@@ -372,7 +377,12 @@ class Watcher:
         run a loop step late, so the orphan warning may not be out yet."""
         try:
             entry = self.watched.get(id(host))
-            if entry is None or entry[0]() is not host or not host.done() or id(scope) in self._early:
+            if (
+                entry is None
+                or entry[0]() is not host
+                or not host.done()
+                or id(scope) in self._early
+            ):
                 return
             self._early.add(id(scope))
             self._report([scope], host, entry[1])

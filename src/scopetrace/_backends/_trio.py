@@ -71,7 +71,9 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool = False) ->
                 kind = semconv.KIND_NOT_INNERMOST
             else:
                 kind = semconv.KIND_WRONG_TASK
-            blockers = _open_inside(closer, status, records) if kind == semconv.KIND_NOT_INNERMOST else []
+            blockers = (
+                _open_inside(closer, status, records) if kind == semconv.KIND_NOT_INNERMOST else []
+            )
             if blockers and is_task_group_child_wrapper(frames_of(_record.frames(record))):
                 # anyio's own scope around a task-group child: the child is
                 # ending with its scopes open, and trio will abandon them
@@ -94,8 +96,10 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool = False) ->
                     closer_raw=closer_raw,
                     kind=kind,
                     closer_is_finalizer=_is_finalizer(closer),
-                    siblings=kind == semconv.KIND_WRONG_TASK and (
-                        _siblings(opener, closer) if opener is not None
+                    siblings=kind == semconv.KIND_WRONG_TASK
+                    and (
+                        _siblings(opener, closer)
+                        if opener is not None
                         else ended.siblings(scope, closer)
                     ),
                     message=str(result),
@@ -249,7 +253,11 @@ class Ended:
         except Exception:
             nursery = None
         with self._lock:
-            self._by_scope[id(scope)] = (weakref.ref(scope), (name, task_id, coroutine, False), nursery)
+            self._by_scope[id(scope)] = (
+                weakref.ref(scope),
+                (name, task_id, coroutine, False),
+                nursery,
+            )
             while len(self._by_scope) > self._size:
                 self._by_scope.popitem(last=False)
 
@@ -283,9 +291,10 @@ def _patch_task_exit(module: Any, runtime: Runtime, ended: Ended) -> Callable[[]
         try:
             status = task._cancel_status
             # Fast exit: the innermost scope is not one this task entered.
-            if status is not None and _record.task_of(
-                _record.lookup(records, status._scope)
-            ) is task:
+            if (
+                status is not None
+                and _record.task_of(_record.lookup(records, status._scope)) is task
+            ):
                 scopes = open_scopes(task, records)
                 if scopes:
                     for scope in scopes:

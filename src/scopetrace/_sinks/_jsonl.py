@@ -66,7 +66,9 @@ def _event(report: Report) -> str:
     return "violation" if report.is_violation else "orphaned"
 
 
-def incident_record(reports: list[Report], suppressed: dict[int, int] | None = None) -> dict[str, Any]:
+def incident_record(
+    reports: list[Report], suppressed: dict[int, int] | None = None
+) -> dict[str, Any]:
     """The JSON object for one incident (``suppressed``: index -> held-back count
     to put on that report's attributes)."""
     suppressed = suppressed or {}

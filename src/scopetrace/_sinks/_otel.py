@@ -44,7 +44,9 @@ def _is_shut_down(provider: Any) -> bool:
         return False
     for p in processors:
         batch = getattr(p, "_batch_processor", p)
-        if not (getattr(batch, "_shutdown", False) is True or getattr(batch, "done", False) is True):
+        if not (
+            getattr(batch, "_shutdown", False) is True or getattr(batch, "done", False) is True
+        ):
             return False
     return True
 
@@ -140,12 +142,14 @@ class Signals:
     def count(self, report: Report, n: int = 1) -> None:
         if report.is_violation:
             name, unit, what = (
-                semconv.VIOLATIONS_METRIC, "{violation}",
+                semconv.VIOLATIONS_METRIC,
+                "{violation}",
                 "anyio cancel scopes exited by the wrong task or out of order",
             )
         else:
             name, unit, what = (
-                semconv.ORPHANED_METRIC, "{scope}",
+                semconv.ORPHANED_METRIC,
+                "{scope}",
                 "anyio cancel scopes left open by a task that ended",
             )
         self._counter(name, unit, what).add(n, report.metric_attributes())
@@ -167,7 +171,9 @@ class Signals:
             counter = counters.get(name)
             if counter is None:
                 meter = provider.get_meter(_SCOPE, __version__)
-                counter = counters[name] = meter.create_counter(name, unit=unit, description=description)
+                counter = counters[name] = meter.create_counter(
+                    name, unit=unit, description=description
+                )
             return counter
 
     def span(self, report: Report, exc: BaseException | None, suppressed: int = 0) -> None:
@@ -179,8 +185,16 @@ class Signals:
             attrs[semconv.SUPPRESSED] = suppressed
         if "logfire" in sys.modules:
             attrs.update(_logfire_attributes(report))
-        opener = trace.get_current_span(report.opener_context).get_span_context() if report.opener_context else None
-        closer = trace.get_current_span(report.closer_context).get_span_context() if report.closer_context else None
+        opener = (
+            trace.get_current_span(report.opener_context).get_span_context()
+            if report.opener_context
+            else None
+        )
+        closer = (
+            trace.get_current_span(report.closer_context).get_span_context()
+            if report.closer_context
+            else None
+        )
         if not report.is_violation or report.cause == semconv.CAUSE_ASYNCGEN_FINALIZER:
             # An orphan belongs to the request that entered the scope.  So does
             # a finalizer's violation: the finalizer task inherits the context

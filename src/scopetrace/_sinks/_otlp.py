@@ -50,7 +50,9 @@ def _resource(resource_type: type) -> Any:
         except Exception:
             pass  # a detector that fails is skipped, as the SDK's own loop does
     if not resource.attributes.get(resources.SERVICE_NAME):
-        name = "unknown_service" + (f":{os.path.basename(sys.executable)}" if sys.executable else "")
+        name = "unknown_service" + (
+            f":{os.path.basename(sys.executable)}" if sys.executable else ""
+        )
         resource = resource.merge(resource_type({resources.SERVICE_NAME: name}))
     return resource
 

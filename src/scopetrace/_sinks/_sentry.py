@@ -276,7 +276,7 @@ def _tag_value(text: str) -> str:
     if len(text) <= _MAX_TAG_VALUE:
         return text
     # Keep the end of a site: the file name, line and function.
-    return "…" + text[-(_MAX_TAG_VALUE - 1):]
+    return "…" + text[-(_MAX_TAG_VALUE - 1) :]
 
 
 def _ensure_notes(event: dict[str, Any], exc: Any) -> None:
@@ -284,7 +284,8 @@ def _ensure_notes(event: dict[str, Any], exc: Any) -> None:
     out of the value: add scopetrace's to each of anyio's errors that lacks it
     (a task group's ExceptionGroup holds one per scope exited wrongly)."""
     values = [
-        v for v in (event.get("exception") or {}).get("values") or ()
+        v
+        for v in (event.get("exception") or {}).get("values") or ()
         if isinstance(v, dict) and isinstance(v.get("value", ""), str)
     ]
     done: set[int] = set()
@@ -295,8 +296,10 @@ def _ensure_notes(event: dict[str, Any], exc: Any) -> None:
         note, message = report.note(), str(carrier)
         for i, value in enumerate(values):
             text = value.get("value") or ""
-            if i not in done and value.get("type") == type(carrier).__name__ and (
-                text == message or text.startswith(message + "\n")
+            if (
+                i not in done
+                and value.get("type") == type(carrier).__name__
+                and (text == message or text.startswith(message + "\n"))
             ):
                 done.add(i)
                 if note not in text:

@@ -24,8 +24,11 @@ _log.addHandler(logging.NullHandler())
 
 
 def log_incident(
-    reports: list[Report], level: int, exc: BaseException | None = None,
-    suppressed: int = 0, held_back: int = 0,
+    reports: list[Report],
+    level: int,
+    exc: BaseException | None = None,
+    suppressed: int = 0,
+    held_back: int = 0,
 ) -> None:
     """One record for the reports of one incident (or for a held-back count)."""
     primary = primary_of(reports)
@@ -46,8 +49,9 @@ def log_incident(
     else:
         template, args = "%s", (primary.summary(),)
         if len(reports) > 1:
-            template, args = "%s (and %d more report(s) of this incident)", (
-                primary.summary(), len(reports) - 1
+            template, args = (
+                "%s (and %d more report(s) of this incident)",
+                (primary.summary(), len(reports) - 1),
             )
         text = format_incident(reports)
     frame = primary.culprit.frame if primary.culprit is not None else None
@@ -58,10 +62,13 @@ def log_incident(
     }
     exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
     record = _log.makeRecord(
-        _log.name, level,
+        _log.name,
+        level,
         frame.filename if frame is not None else "<scopetrace>",
         frame.lineno if frame is not None else 0,
-        template, args, exc_info,
+        template,
+        args,
+        exc_info,
         func=frame.function if frame is not None else None,
         extra=extra,
     )
