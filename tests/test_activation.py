@@ -126,14 +126,56 @@ def test_the_opentelemetry_instrumentor_entry_point_installs_and_uninstalls() ->
         if ep.name == "scopetrace"
     ]
     instrumentor = entry.load()()
-    # Options are install() keywords; what else the machinery passes is ignored.
-    instrumentor.instrument(stack_depth=4, tracer_provider=object())
+    instrumentor.instrument(stack_depth=4)
     try:
         options = current_options()
         assert scopetrace.is_installed() and options is not None and options.stack_depth == 4
     finally:
         instrumentor.uninstrument()
     assert not scopetrace.is_installed()
+
+
+def test_the_instrumentor_honours_a_private_tracer_and_meter_provider() -> None:
+    """Regression (the "One pipeline" issue): instrument(tracer_provider=...,
+    meter_provider=...) was ignored, as no contrib instrumentation does."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from scopetrace._instrumentor import ScopetraceInstrumentor
+
+    from . import scenarios
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # none global
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    meter_provider = MeterProvider(metric_readers=[reader])
+    instrumentor = ScopetraceInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            exporter="none")
+    try:
+        scenarios.run(scenarios.sibling_gather, ("asyncio", {}))
+        names = [s.name for s in spans.get_finished_spans()]
+        assert names.count(semconv.VIOLATION_SPAN) == 1
+        data = reader.get_metrics_data()
+        counted = [
+            point.value
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == semconv.VIOLATIONS_METRIC for point in m.data.data_points
+        ]
+        assert counted == [1]
+    finally:
+        instrumentor.uninstrument()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    assert not scopetrace.is_installed()
+    from anyio._backends import _asyncio
+
+    assert "scopetrace" not in _asyncio.CancelScope.__enter__.__code__.co_filename
 
 
 # -- the installed wheel -----------------------------------------------------------------
@@ -350,3 +392,56 @@ def test_the_production_doc_documents_every_option() -> None:
             if isinstance(default, float) else f"`{default}`"
         assert shown in row, (field.name, row)
 
+
+
+@slow
+def test_scopetrace_1_traces_a_pytest_run(venv: WheelEnv, tmp_path: Path) -> None:
+    """Regression (the culprit issue): under `SCOPETRACE=1 pytest` nothing was
+    traced: pytest's assertion-rewriting import hook, in front of scopetrace's,
+    loaded anyio's backends itself (anyio ships a pytest plugin), unpatched."""
+    install = venv.run("python", "-m", "pip", "install", "-q", "pytest", timeout=300)
+    assert install.returncode == 0, install.stderr
+    (tmp_path / "test_app.py").write_text(textwrap.dedent(
+        """
+        import asyncio
+        import anyio
+
+        def test_shared_scope():
+            async def main():
+                scope = anyio.CancelScope()
+                async def opener():
+                    scope.__enter__()
+                async def closer():
+                    try:
+                        scope.__exit__(None, None, None)
+                    except RuntimeError:
+                        pass
+                await asyncio.gather(opener())
+                await asyncio.gather(closer())
+            asyncio.run(main())
+        """
+    ))
+    proc = venv.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
+                    cwd=tmp_path, env={"SCOPETRACE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{REPORT} wrong_task" in proc.stdout + proc.stderr
+
+
+@slow
+def test_an_anyio_older_than_supported_gets_one_warning(tmp_path: Path) -> None:
+    """Regression: an anyio below the supported floor got no warning."""
+    venv = tmp_path / "old"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "anyio==4.6.2", "opentelemetry-api"], check=True, timeout=600)
+    src = Path(__file__).resolve().parent.parent / "src"
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import scopetrace, anyio._backends._asyncio; scopetrace.install(exporter='none'); "
+         "print(scopetrace.is_installed())"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(src), "SCOPETRACE_NO_EXTENSIONS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+    assert proc.stderr.count("anyio 4.6.2 is older than scopetrace supports (anyio>=4.7)") == 1

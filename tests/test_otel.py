@@ -157,3 +157,99 @@ def test_no_sdk_report_readable_on_stderr() -> None:
     assert "scopetrace: anyio cancel scope violation: wrong_task (sibling_task)" in proc.stderr
     assert "entering stack (most recent call last):" in proc.stderr
     assert scenarios.qualname("RefCounted.__aenter__") in proc.stderr
+
+
+# -- one pipeline for violations and orphan warnings -----------------------------------
+
+
+def test_a_listener_that_raises_costs_nothing_else(traced: Telemetry, caplog: Any) -> None:
+    """Regression (the "One pipeline" issue): a listener that raised skipped the
+    span and the log record of a violation."""
+    from scopetrace._install import current_runtime
+
+    runtime = current_runtime()
+    assert runtime is not None
+
+    def broken(report: Any) -> None:
+        raise ValueError("a listener's bug")
+
+    runtime.reporter.listeners.append(broken)
+    with caplog.at_level("ERROR", logger=semconv.LOGGER_NAME):
+        scenarios.run(scenarios.sibling_gather, ("asyncio", {}))
+    assert len(traced.finished(semconv.VIOLATION_SPAN)) == 1
+    assert any(r.levelname == "ERROR" and "violation" in r.getMessage() for r in caplog.records)
+    assert runtime.internal_errors >= 1
+
+
+def test_the_orphan_counter_follows_the_meter_in_use(telemetry: Telemetry) -> None:
+    """Regression: the orphan counter stayed on the first meter it saw, so counts
+    missed the application's provider once one was set."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import scopetrace
+
+    from .conftest import _reset_global_providers
+
+    _reset_global_providers()  # no provider yet: the API's proxy meter
+    scopetrace.install(exporter="none")
+    kept: list[Any] = []
+
+    async def leak() -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        await scenarios.plain_tasks(leak)
+        await anyio.sleep(0)
+
+    anyio.run(main)
+    scopetrace.flush()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.set_meter_provider(provider)  # the application sets its provider now
+    try:
+        anyio.run(main)
+        scopetrace.flush()
+        data = reader.get_metrics_data()
+        counted = [
+            point.value
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == semconv.ORPHANED_METRIC for point in m.data.data_points
+        ]
+        assert counted == [1]  # the second orphan, on the application's provider
+    finally:
+        provider.shutdown()
+        _reset_global_providers()
+
+
+def test_orphans_reach_the_jsonl_file(tmp_path: Any) -> None:
+    """Regression: with exporter=jsonl orphan warnings never reached the file."""
+    import json
+
+    import scopetrace
+    from scopetrace._sinks import _jsonl
+
+    from .conftest import _reset_global_providers
+
+    _reset_global_providers()
+    path = tmp_path / "v.jsonl"
+    scopetrace.install(exporter="jsonl", jsonl_path=str(path))
+    kept: list[Any] = []
+
+    async def leak() -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        await scenarios.plain_tasks(leak)
+        await anyio.sleep(0)
+
+    anyio.run(main)
+    scopetrace.flush()
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record[_jsonl.EVENT] == "orphaned"
+    assert "leak" in record[_jsonl.ATTRIBUTES][semconv.CULPRIT_SITE]

@@ -198,3 +198,57 @@ def test_propagates():
         "*scopetrace violations (call)*",
         "*anyio cancel scope violation: wrong_task*",
     ])
+
+
+#: One test leaves a scope open in a task that ends (an orphan); a later test
+#: closes it from another task (the violation), as a session fixture left in a
+#: dead runner task fails at the session's teardown (agronholm/anyio#1179).
+ORPHAN_THEN_VIOLATION = '''
+import asyncio
+
+import anyio
+
+LEFT = {}
+
+
+def test_leaves_a_scope_open():
+    async def main():
+        async def opener():
+            LEFT["scope"] = scope = anyio.CancelScope()
+            scope.__enter__()  # and the task ends
+
+        await asyncio.gather(opener())
+        await asyncio.sleep(0)  # the task-end check runs
+
+    asyncio.run(main())
+
+
+def test_closes_it_later():
+    async def main():
+        async def closer():
+            try:
+                LEFT["scope"].__exit__(None, None, None)
+            except RuntimeError:
+                pass  # swallowed
+
+        await asyncio.gather(closer())
+
+    asyncio.run(main())
+'''
+
+
+def test_an_orphan_warning_is_pinned_on_its_test_and_linked_to_the_later_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_app=ORPHAN_THEN_VIOLATION)
+    result = pytester.runpytest_subprocess("--scopetrace", "-p", "no:cacheprovider", "-W", "default")
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str()
+    # The early warning, on the test during which the task ended.
+    assert "ScopeTraceWarning: scopetrace: a task ended with a cancel scope still open" in text
+    assert "test_app.py::test_leaves_a_scope_open" in text.split("warnings summary", 1)[1]
+    # The later failure says where it began.
+    assert (
+        "this scope was left open (orphaned) during test_app.py::test_leaves_a_scope_open (call)"
+        in text
+    )
