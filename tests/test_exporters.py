@@ -381,3 +381,94 @@ def test_an_unreachable_collector_delays_exit_only_by_the_otlp_timeout(tmp_path:
     # Spans then metrics, each giving up after about the 1 s timeout (the
     # default, 10 s, would take ~16 s); generous for a slow machine.
     assert elapsed < 10, f"exit took {elapsed:.1f}s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("behaviour", ["blackhole", "503"])
+def test_a_collector_that_never_answers_or_refuses_bounds_exit(behaviour: str) -> None:
+    """A collector that accepts and never answers, or answers 503 (the SDK
+    retries with back-off): the violation costs the application nothing, and
+    exit is held up by at most scopetrace's 5 s bound."""
+    import socket
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # connections queue up; nothing ever reads or answers
+    server = None
+    if behaviour == "503":
+        listener.close()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+    else:
+        port = listener.getsockname()[1]
+    timed = textwrap.dedent(
+        """
+        import time, scopetrace
+        scopetrace.install()
+        start = time.perf_counter()
+        """
+    ) + programs.AT_SHUTDOWN.replace("asyncio.run(main())", "asyncio.run(main())\nprint(f'violation {time.perf_counter() - start:.3f}')")
+    env = {**os.environ, "SCOPETRACE_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+    try:
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", timed], env=env, capture_output=True,
+                              text=True, timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        listener.close()
+        if server is not None:
+            server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    ran = float(proc.stdout.split("violation ")[1])
+    assert ran < 2.0  # the program itself: never waits for the collector
+    assert elapsed < ran + 5.0 + 3.0, f"exit took {elapsed:.1f}s"  # 5 s bound, slack for start-up
+
+
+def test_report_groups_by_culprit_and_prints_the_advice_once(tmp_path: Path) -> None:
+    """`scopetrace report` answers "which code do we fix": by culprit package and
+    site, most frequent first, the advice once per culprit."""
+    advice = "fastmcp 2.5.2 is affected by PrefectHQ/fastmcp#622, fixed in 2.6.0"
+
+    def line(site: str, package: str, version: str, with_advice: bool) -> str:
+        attrs = {
+            semconv.VIOLATION_KIND: "wrong_task", semconv.VIOLATION_CAUSE: "sibling_task",
+            semconv.OPENER_SITE: "mcp/shared/session.py:208 in BaseSession.__aenter__",
+            semconv.CLOSER_SITE: "mcp/shared/session.py:223 in BaseSession.__aexit__",
+            semconv.CULPRIT_SITE: site,
+        }
+        if package:
+            attrs[semconv.CULPRIT_PACKAGE] = package
+            attrs[semconv.CULPRIT_PACKAGE_VERSION] = version
+        if with_advice:
+            attrs[semconv.ADVICE] = advice
+        return json.dumps({_jsonl.EVENT: "violation", _jsonl.TIME: "2026-01-01T00:00:00Z",
+                           _jsonl.ATTRIBUTES: attrs}) + "\n"
+
+    path = tmp_path / "v.jsonl"
+    client = "fastmcp/client/client.py:250 in Client.__aenter__"
+    path.write_text(
+        line(client, "fastmcp", "2.5.2", True) * 3
+        + line("app/tools.py:12 in Pool.__aenter__", "", "", False)
+    )
+    code, out, _ = _report(str(path))
+    assert code == 0
+    section = out.split("by culprit (the code to fix, most frequent first):\n", 1)[1]
+    rows = [row.strip() for row in section.split("\n\n", 1)[0].splitlines()]
+    assert rows[0] == f"3  fastmcp 2.5.2  {client}"
+    assert rows.index("1  (application)  app/tools.py:12 in Pool.__aenter__") > 0
+    assert out.count(f"advice: {advice}") == 1

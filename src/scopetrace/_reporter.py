@@ -260,16 +260,22 @@ class Reporter:
         self.signals.count_internal_error(where, exc)
 
 
+#: Longest scopetrace holds up interpreter exit, delivering what is pending
+#: (a collector that never answers must not keep a process alive).
+EXIT_TIMEOUT = 5.0
+
+
 def _at_exit() -> None:
     # Registered when scopetrace is imported: with the start-up hook that is
     # the first atexit handler, which runs last, after the application's
     # own (violations often happen while the interpreter shuts down).
     from ._install import current_runtime
 
-    flush_all(5.0)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    flush_all(EXIT_TIMEOUT)
     runtime = current_runtime()
     if runtime is not None:
-        runtime.reporter.signals.close(5.0)
+        runtime.reporter.signals.close(max(0.1, deadline - time.monotonic()))
 
 
 atexit.register(_at_exit)
