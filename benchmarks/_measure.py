@@ -9,8 +9,12 @@ collects only while that callback runs and writes one count per run, so
 interpreter start-up, imports and the warm-up (whose counts wander by about
 0.3% between identical processes) are not collected at all.  The cost of one
 unit is ``(count(n) - count(0)) / n``: the fixed cost of a run (event loop,
-servers, telemetry) cancels out.  Counts of identical runs agree to about
-1,000 instructions in 28 million.
+servers, telemetry) cancels out.  Each count starts after a ``gc.collect()``:
+otherwise whether a collection of the older generations (as costly as the
+whole heap, imports included) lands inside a count depends on the process's
+history (its imports, how it was started), not on the workload -- the echo
+ratio read x1.058 or x1.045 on the same code depending only on that.  Counts
+of identical runs agree to about 1,000 instructions in 28 million.
 
 CPU time (secondary).  In one process, rounds run every mode once each in a
 rotating order (install/uninstall between them); a round's ratio pairs a mode
@@ -25,6 +29,7 @@ after a ``gc.collect()``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -99,7 +104,6 @@ def run_worker(spec: str) -> None:
         mode.run(workload, WARM_UNITS)
         _workloads.exported_spans()  # count only the measured run's spans
         if job.memory == "tracemalloc":
-            import gc
             import tracemalloc
 
             gc.collect()
@@ -117,7 +121,10 @@ def run_worker(spec: str) -> None:
             cpu = mode.run(workload, job.n)
             result.update(maxrss_kib=_peak_rss_kib())
         else:
+            # Each count from the same collector state (see the module docstring).
+            gc.collect()
             _run_collected(lambda: mode.run(workload, 0))  # the first count
+            gc.collect()
             cpu = _run_collected(lambda: mode.run(workload, job.n))  # the second
         result["cpu"] = cpu
         result["spans"] = _workloads.exported_spans()

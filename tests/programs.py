@@ -48,7 +48,8 @@ APP = SHARED_CONNECTION + textwrap.dedent(
         print("caught:", [str(r) for r in await tool_calls() if r is not None])
 
     asyncio.run(main())
-    patched = "scopetrace" in _asyncio.CancelScope.__enter__.__code__.co_filename
+    # Both of scopetrace's hooks (Python or C) wrap anyio's: only they have it.
+    patched = hasattr(_asyncio.CancelScope.__enter__, "__wrapped__")
     print("patched:", patched, "scopetrace imported:", "scopetrace" in sys.modules)
     """
 )

@@ -77,7 +77,8 @@ def test_seed_003_warns_before_the_violation(
     assert "(and 1 more report(s) of this incident)" in record.getMessage()
     assert "also: orphaned (early warning)" in record.scopetrace_report
     assert [a.get(semconv.VIOLATION_KIND) for a in record.scopetrace_reports] == [
-        None, semconv.KIND_WRONG_TASK
+        None,
+        semconv.KIND_WRONG_TASK,
     ]
     assert record.scopetrace_reports[0][semconv.OPENER_SITE] == attrs[semconv.OPENER_SITE]
     (violation,) = traced.finished(semconv.VIOLATION_SPAN)
@@ -267,3 +268,97 @@ def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) ->
         assert traced.finished(semconv.VIOLATION_SPAN) == []
         (orphan,) = traced.finished(semconv.ORPHANED_SPAN)
         assert f"in {child_name}" in orphan.attributes[semconv.OPENER_SITE]
+
+
+def _our_callbacks(task: asyncio.Task[Any]) -> int:
+    """How many of the task's done-callbacks are scopetrace's end check."""
+    return sum(
+        1
+        for entry in task._callbacks or ()  # type: ignore[attr-defined]
+        if "Watcher._ended" in repr(entry[0] if isinstance(entry, tuple) else entry)
+    )
+
+
+def test_clean_top_level_exit_disarms_the_end_check(traced: Any) -> None:
+    """Performance regression (the newest-Pythons issue, part 4): every task
+    that entered a scope kept a done-callback to its end, and asyncio runs
+    each through ``call_soon`` -- about 10,000 instructions per request, most
+    of the realistic-HTTP overhead.  A task whose top-level scope exited
+    cleanly has nothing open: its callback is removed at that exit."""
+    seen: list[int] = []
+
+    async def request() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        with anyio.CancelScope():
+            seen.append(_our_callbacks(task))  # armed while the scope is open
+        seen.append(_our_callbacks(task))  # disarmed once it exited
+
+    async def main() -> None:
+        await plain_tasks(request)
+
+    anyio.run(main)
+    assert seen == [1, 0]
+    assert traced.finished() == []
+
+
+def test_a_task_with_a_loop_of_scopes_stays_armed_and_is_checked(traced: Any) -> None:
+    """A task that enters a second top-level scope is armed until it ends (the
+    fast path for a loop of scopes), and a scope it then leaves open is still
+    reported as an orphan at its end."""
+    seen: list[int] = []
+    kept: list[anyio.CancelScope] = []
+
+    async def handler() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        for _ in range(3):
+            with anyio.CancelScope():
+                pass
+            seen.append(_our_callbacks(task))
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        await plain_tasks(handler)
+        await anyio.sleep(0)  # the done-callback runs one step later
+
+    anyio.run(main)
+    assert seen == [0, 1, 1]
+    (orphan,) = traced.finished(semconv.ORPHANED_SPAN)
+    assert "handler" in orphan.attributes[semconv.OPENER_TASK_COROUTINE]
+
+
+def test_a_refused_top_level_exit_keeps_the_check_armed(traced: Any) -> None:
+    """The opener's top-level scope is exited by another task (refused): the
+    opener is not disarmed, and its end still reports the orphan first."""
+    caught: list[BaseException] = []
+
+    async def main() -> None:
+        scope = anyio.CancelScope()
+        entered, opener_done = anyio.Event(), anyio.Event()
+
+        async def opener() -> None:
+            scope.__enter__()
+            entered.set()
+
+        async def closer() -> None:
+            await entered.wait()
+            await opener_done.wait()
+            try:
+                scope.__exit__(None, None, None)
+            except RuntimeError as exc:
+                caught.append(exc)
+
+        async def both() -> None:
+            await plain_tasks(opener)
+            opener_done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(closer)
+            tg.start_soon(both)
+
+    anyio.run(main)
+    assert len(caught) == 1
+    assert [s.name for s in traced.finished()] == [semconv.ORPHANED_SPAN, semconv.VIOLATION_SPAN]

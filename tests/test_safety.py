@@ -361,3 +361,64 @@ def test_long_names_are_capped() -> None:
     scenarios.run(_long_name, ("asyncio", {}))
     (v,) = seen
     assert len(v.closer.name) == 256
+
+
+# -- the two implementations of the asyncio hooks ------------------------------------
+
+
+@pytest.fixture(params=["c", "python"])
+def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The C hooks (the default where the accelerator passed its check and
+    anyio wraps children) or the Python wrappers (every other case)."""
+    from scopetrace import _record
+    from scopetrace._install import _anyio_wraps_children
+
+    if request.param == "python":
+        # What the backend falls back to when the accelerator is not in use.
+        monkeypatch.setattr(_record, "capture", _record._py_capture)
+    else:
+        speedups = pytest.importorskip("scopetrace._speedups")
+        if _record.capture is not speedups.capture or not hasattr(speedups, "ScopeHook"):
+            pytest.skip("this build records in Python (no C hooks)")
+        if not _anyio_wraps_children():
+            pytest.skip("anyio < 4.14: the Python wrappers also watch task-group children")
+    return str(request.param)
+
+
+def test_both_hook_implementations_report_the_same(hooks: str) -> None:
+    """The C hooks have no frame of their own: the record must still start at
+    the code that entered the scope, and a refused exit's closer at the code
+    that exited it, exactly as through the Python wrappers."""
+    plain = _outcome(_closed_by_another_task())
+    scopetrace.install(exporter="none")
+    kind = type(_asyncio.CancelScope.__dict__["__enter__"]).__name__
+    assert kind == ("ScopeHook" if hooks == "c" else "function")
+    seen = _listen()
+    assert _outcome(_closed_by_another_task()) == plain
+    (v,) = seen
+    assert v.opener.site.endswith("in _closed_by_another_task.<locals>.scenario")
+    assert v.closer.site.endswith("in _closed_by_another_task.<locals>.scenario.<locals>.closer")
+    runtime = current_runtime()
+    assert runtime is not None and runtime.internal_errors == 0 and runtime.records == {}
+
+
+def test_bookkeeping_errors_fail_open_in_both_hooks(
+    hooks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the hooks' own bookkeeping (here the watcher, at a task's
+    top-level scope) is counted, never raised into the application."""
+    from scopetrace._backends._asyncio import Watcher
+
+    def broken(self: Any, task: Any) -> None:
+        raise LookupError("broken watcher")
+
+    monkeypatch.setattr(Watcher, "enter_top", broken)
+    monkeypatch.setattr(Watcher, "exit_top", broken)
+    plain = _outcome(_closed_by_another_task())
+    scopetrace.install(exporter="none")
+    seen = _listen()
+    assert _outcome(_closed_by_another_task()) == plain
+    assert len(seen) == 1  # the violation is still reported
+    runtime = current_runtime()
+    # The enter and the clean exit of the scenario's top-level scope.
+    assert runtime is not None and runtime.internal_errors == 2

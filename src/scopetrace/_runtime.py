@@ -48,10 +48,12 @@ class Runtime:
         self._lock = threading.Lock()
         self.reporter = Reporter(options, self.internal_error, tracer_provider, meter_provider)
 
-    def internal_error(self, where: str) -> None:
-        """Count an error inside scopetrace; log the first one.  Never raises."""
+    def internal_error(self, where: str, exc: BaseException | None = None) -> None:
+        """Count an error inside scopetrace (``exc``, by default the one being
+        handled); log the first one.  Never raises."""
         try:
-            exc = sys.exc_info()[1]
+            if exc is None:
+                exc = sys.exc_info()[1]
             with self._lock:
                 self.internal_errors += 1
                 first = not self._logged_internal

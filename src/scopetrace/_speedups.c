@@ -95,6 +95,32 @@ is_loop_code(PyObject *code)
     return 0;
 }
 
+/* The lasti ints of records, by offset: an offset past 256 (CPython's small
+ * ints) would otherwise be a new int per frame per record, allocated here and
+ * freed with the record.  Byte offsets are even; the table covers the first
+ * 8 KiB of bytecode of any function.  Filled on first use and kept (bounded:
+ * a few KiB of ints at most).  Filling it races without a GIL, so there the
+ * ints are made each time. */
+#define LASTI_INTS 4096
+#ifndef Py_GIL_DISABLED
+static PyObject *lasti_ints[LASTI_INTS];
+#endif
+
+static inline PyObject *
+lasti_int(int lasti)
+{
+#ifndef Py_GIL_DISABLED
+    if (lasti >= 0 && (lasti & 1) == 0 && (lasti >> 1) < LASTI_INTS) {
+        PyObject **slot = &lasti_ints[lasti >> 1];
+        if (*slot == NULL && (*slot = PyLong_FromLong(lasti)) == NULL) {
+            return NULL;
+        }
+        return Py_NewRef(*slot);
+    }
+#endif
+    return PyLong_FromLong(lasti);
+}
+
 /* Same clock as time.time_ns() on POSIX. */
 static PyObject *
 now_ns(void)
@@ -109,8 +135,9 @@ now_ns(void)
 /* The walk, over one of two representations of the stack.  A `Cursor` is the
  * current frame; the same five operations on both:
  *
- *   walk_start()    the caller of the function that calls capture(): the
- *                   one frame skipped is that function (the __enter__ wrapper)
+ *   walk_start(s)   the innermost visible frame, skipping s of them:
+ *                   capture() skips one (the Python __enter__ wrapper that
+ *                   calls it); the C hooks have no frame and skip none
  *   walk_back(f)    the next frame out, consuming f
  *   walk_code(f)    a new reference to its code object
  *   walk_lasti(f)   frame.f_lasti exactly as Python reports it: a byte offset
@@ -161,7 +188,7 @@ first_visible(_PyInterpreterFrame *f)
 }
 
 static inline Cursor
-walk_start(void)
+walk_start(int skip)
 {
     PyThreadState *tstate = PyThreadState_Get();
 #if PY_VERSION_HEX >= 0x030D0000
@@ -169,8 +196,11 @@ walk_start(void)
 #else
     _PyInterpreterFrame *f = tstate->cframe->current_frame;
 #endif
-    f = first_visible(f); /* the wrapper, as PyEval_GetFrame() finds it */
-    return f == NULL ? NULL : first_visible(f->previous);
+    f = first_visible(f); /* the innermost, as PyEval_GetFrame() finds it */
+    if (skip && f != NULL) {
+        f = first_visible(f->previous);
+    }
+    return f;
 }
 
 static inline Cursor
@@ -220,11 +250,18 @@ walk_back(Cursor frame)
 }
 
 static inline Cursor
-walk_start(void)
+walk_start(int skip)
 {
-    /* Borrowed: the innermost Python frame, i.e. the wrapper calling us. */
+    /* Borrowed: the innermost Python frame (the wrapper calling capture(), or
+     * for the C hooks the code that entered the scope). */
     PyFrameObject *frame = PyEval_GetFrame();
-    return frame == NULL ? NULL : PyFrame_GetBack(frame);
+    if (frame == NULL) {
+        return NULL;
+    }
+    if (skip) {
+        return PyFrame_GetBack(frame);
+    }
+    return (PyFrameObject *)Py_NewRef(frame);
 }
 
 static inline PyObject *
@@ -282,29 +319,21 @@ PyDoc_STRVAR(capture_doc,
 /* Fixed fields before the first frame: see scopetrace._record. */
 #define HEAD 4
 
+/* The record of `scope` entered by `task`: the frames from the innermost
+ * Python frame out, skipping `skip` of them (1: the Python wrapper that
+ * called capture(); 0: the C hooks, which have no frame of their own). */
 static PyObject *
-capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+build_record(PyObject *var, Py_ssize_t depth, int skip, PyObject *scope, PyObject *task)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "capture() takes exactly 4 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    /* Clamp instead of raising on huge ints: the Python loop accepts any int. */
-    Py_ssize_t depth = PyNumber_AsSsize_t(args[1], NULL);
-    if (depth == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-
     PyObject *head[HEAD] = {NULL, NULL, NULL, NULL};
-    if ((head[0] = weak_or_none(args[2])) == NULL
-        || (head[1] = weak_or_none(args[3])) == NULL
+    if ((head[0] = weak_or_none(scope)) == NULL
+        || (head[1] = weak_or_none(task)) == NULL
         || (head[2] = now_ns()) == NULL) {
         goto error_head;
     }
     /* An explicit Py_None default: var.get(None) ignores the var's own
      * default, and so must we. */
-    if (PyContextVar_Get(args[0], Py_None, &head[3]) < 0) {
+    if (PyContextVar_Get(var, Py_None, &head[3]) < 0) {
         goto error_head;
     }
 
@@ -319,7 +348,7 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     /* The public path creates the wrapper's frame object to find its caller,
      * a fixed cost per call (see the benchmark): do not start when no frame
      * is wanted. */
-    Cursor frame = depth > 0 ? walk_start() : NULL;
+    Cursor frame = depth > 0 ? walk_start(skip) : NULL;
     while (frame != NULL && n < depth) {
         if (n == capacity) {
             /* Only for depth > STACK_FRAMES; PyMem_New checks the size. */
@@ -341,7 +370,7 @@ capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(code);
             break;
         }
-        PyObject *lasti = PyLong_FromLong(walk_lasti(frame));
+        PyObject *lasti = lasti_int(walk_lasti(frame));
         if (lasti == NULL) {
             Py_DECREF(code);
             goto error;
@@ -391,6 +420,484 @@ error_head:
     return NULL;
 }
 
+static PyObject *
+capture(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "capture() takes exactly 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    /* Clamp instead of raising on huge ints: the Python loop accepts any int. */
+    Py_ssize_t depth = PyNumber_AsSsize_t(args[1], NULL);
+    if (depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return build_record(args[0], depth, 1, args[2], args[3]);
+}
+
+/* -- The asyncio hooks ------------------------------------------------------
+ *
+ * CancelScope.__enter__ and __exit__ on asyncio, as scopetrace._backends.
+ * _asyncio's Python wrappers do them, without a Python frame of their own
+ * (a frame, its call and its `try` are most of what the wrappers cost a
+ * scope):
+ *
+ *   enter:  the original __enter__; then the record (build_record(), no
+ *           frame to skip) into records[id(scope)]; evict() past the cap;
+ *           at a task's top-level scope (_parent_scope None), the watcher's
+ *           enter_top(task) unless the task is the one armed to its end.
+ *   exit:   the original __exit__; a RuntimeError from it goes to
+ *           refused(scope, exc) and then propagates unchanged; on every way
+ *           out, records.pop(id(scope)); after a clean exit of a top-level
+ *           scope, the watcher's exit_top(task) (anyio clears _host_task
+ *           on the way out: it is read first).
+ *
+ * An error of the bookkeeping goes to on_error(where, exc), as the wrappers'
+ * `except Exception` blocks go to internal_error(); a BaseException that is
+ * not an Exception propagates, as it does through those blocks.  The rare
+ * paths (eviction, the watcher, violations) stay in Python.
+ *
+ * A ScopeHook is a method descriptor, like a function: bound through
+ * __get__, called unbound with the scope first, and it has a __dict__ so
+ * that functools.update_wrapper() gives it __wrapped__, __name__, __doc__.
+ * Its state (HookState.last above all) is shared and unsynchronised, so the
+ * hooks exist only in GIL builds; a free-threaded build uses the wrappers.
+ * ------------------------------------------------------------------------- */
+#ifndef Py_GIL_DISABLED
+#define HAVE_HOOKS 1
+
+static PyObject *str_parent_scope; /* "_parent_scope", interned */
+static PyObject *str_host_task;    /* "_host_task", interned */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *records;      /* dict: id(scope) -> record */
+    PyObject *var;          /* the OTel context ContextVar */
+    Py_ssize_t depth;
+    Py_ssize_t cap;         /* max_open_scopes */
+    PyObject *last;         /* weakref to the task armed to its end, or NULL */
+    PyObject *on_top_enter; /* enter_top(task) -> weakref | None */
+    PyObject *on_top_exit;  /* exit_top(task) */
+    PyObject *on_full;      /* evict() */
+    PyObject *on_refused;   /* refused(scope, exc) */
+    PyObject *on_error;     /* internal_error(where, exc) */
+} HookState;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;
+    HookState *state;
+    PyObject *dict;
+} ScopeHook;
+
+/* The pending exception, taken (3.12 keeps it as one object). */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+static void
+restore_exception(PyObject *exc) /* steals */
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+#endif
+}
+
+/* An error of the bookkeeping is set: hand an Exception to on_error and clear
+ * it (0); leave any other BaseException set for the caller to propagate (-1). */
+static int
+hook_error(HookState *s, const char *where)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *exc = take_exception();
+    PyObject *r = PyObject_CallFunction(s->on_error, "sO", where, exc ? exc : Py_None);
+    Py_XDECREF(exc);
+    if (r == NULL) {
+        PyErr_Clear(); /* internal_error never raises; be sure */
+    }
+    Py_XDECREF(r);
+    return 0;
+}
+
+/* Is `task` the one `last` refers to? */
+static inline int
+is_last(HookState *s, PyObject *task)
+{
+    if (s->last == NULL) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj;
+    if (PyWeakref_GetRef(s->last, &obj) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int same = obj == task;
+    Py_XDECREF(obj);
+    return same;
+#else
+    return PyWeakref_GET_OBJECT(s->last) == task;
+#endif
+}
+
+/* 1 if scope._parent_scope is None, 0 if not, -1 on error. */
+static inline int
+is_top_level(PyObject *scope)
+{
+    PyObject *parent = PyObject_GetAttr(scope, str_parent_scope);
+    if (parent == NULL) {
+        return -1;
+    }
+    int top = parent == Py_None;
+    Py_DECREF(parent);
+    return top;
+}
+
+static int
+note_enter(HookState *s, PyObject *scope)
+{
+    PyObject *host = PyObject_GetAttr(scope, str_host_task);
+    if (host == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    PyObject *key = NULL;
+    PyObject *record = build_record(s->var, s->depth, 0, scope, host);
+    if (record == NULL || (key = PyLong_FromVoidPtr(scope)) == NULL) { /* id(scope) */
+        goto done;
+    }
+    if (PyDict_SetItem(s->records, key, record) < 0) {
+        goto done;
+    }
+    if (PyDict_GET_SIZE(s->records) > s->cap) {
+        PyObject *r = PyObject_CallNoArgs(s->on_full);
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    if (!is_last(s, host)) {
+        int top = is_top_level(scope);
+        if (top < 0) {
+            goto done;
+        }
+        if (top) {
+            PyObject *ref = PyObject_CallOneArg(s->on_top_enter, host);
+            if (ref == NULL) {
+                goto done;
+            }
+            if (PyWeakref_CheckRef(ref)) {
+                Py_XSETREF(s->last, ref);
+            }
+            else {
+                Py_DECREF(ref);
+            }
+        }
+    }
+    rc = 0;
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(record);
+    Py_DECREF(host);
+    return rc;
+}
+
+/* records.pop(id(scope), None) */
+static int
+forget(HookState *s, PyObject *scope)
+{
+    PyObject *key = PyLong_FromVoidPtr(scope);
+    if (key == NULL) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    int rc = PyDict_Pop(s->records, key, NULL);
+#else
+    PyObject *old = _PyDict_Pop(s->records, key, Py_None);
+    int rc = old == NULL ? -1 : 0;
+    Py_XDECREF(old);
+#endif
+    Py_DECREF(key);
+    return rc < 0 ? -1 : 0;
+}
+
+static PyObject *
+hook_enter(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ScopeHook *h = (ScopeHook *)self;
+    PyObject *result = PyObject_Vectorcall(h->original, args, nargsf, kwnames);
+    if (result == NULL || kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1) {
+        return result; /* anyio raised (nothing entered), or not a plain call */
+    }
+    if (note_enter(h->state, args[0]) < 0 && hook_error(h->state, "asyncio enter hook") < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+hook_exit(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ScopeHook *h = (ScopeHook *)self;
+    HookState *s = h->state;
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) < 1) {
+        return PyObject_Vectorcall(h->original, args, nargsf, kwnames);
+    }
+    PyObject *scope = Py_NewRef(args[0]); /* the callee may drop the caller's */
+    PyObject *host = PyObject_GetAttr(scope, str_host_task);
+    if (host == NULL && hook_error(s, "asyncio exit hook") < 0) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(h->original, args, nargsf, NULL);
+    if (result == NULL) {
+        PyObject *exc = take_exception();
+        if (exc != NULL && PyErr_GivenExceptionMatches(exc, PyExc_RuntimeError)) {
+            PyObject *r = PyObject_CallFunctionObjArgs(s->on_refused, scope, exc, NULL);
+            if (r == NULL) {
+                PyErr_Clear(); /* refused() reports its own errors */
+            }
+            Py_XDECREF(r);
+        }
+        if (forget(s, scope) < 0) {
+            PyErr_Clear();
+        }
+        if (exc != NULL) {
+            restore_exception(exc);
+        }
+        Py_XDECREF(host);
+        Py_DECREF(scope);
+        return NULL;
+    }
+    int failed = forget(s, scope) < 0;
+    if (!failed && host != NULL && !is_last(s, host)) {
+        int top = is_top_level(scope);
+        if (top < 0) {
+            failed = 1;
+        }
+        else if (top) {
+            PyObject *r = PyObject_CallOneArg(s->on_top_exit, host);
+            failed = r == NULL;
+            Py_XDECREF(r);
+        }
+    }
+    Py_XDECREF(host);
+    Py_DECREF(scope);
+    if (failed && hook_error(s, "asyncio exit hook") < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static int
+state_traverse(HookState *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->records);
+    Py_VISIT(s->var);
+    Py_VISIT(s->last);
+    Py_VISIT(s->on_top_enter);
+    Py_VISIT(s->on_top_exit);
+    Py_VISIT(s->on_full);
+    Py_VISIT(s->on_refused);
+    Py_VISIT(s->on_error);
+    return 0;
+}
+
+static int
+state_clear(HookState *s)
+{
+    Py_CLEAR(s->records);
+    Py_CLEAR(s->var);
+    Py_CLEAR(s->last);
+    Py_CLEAR(s->on_top_enter);
+    Py_CLEAR(s->on_top_exit);
+    Py_CLEAR(s->on_full);
+    Py_CLEAR(s->on_refused);
+    Py_CLEAR(s->on_error);
+    return 0;
+}
+
+static void
+state_dealloc(HookState *s)
+{
+    PyObject_GC_UnTrack(s);
+    state_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+state_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"records", "var", "depth", "cap", "on_top_enter", "on_top_exit",
+                             "on_full", "on_refused", "on_error", NULL};
+    PyObject *records, *var, *top_enter, *top_exit, *full, *refused, *error;
+    Py_ssize_t depth, cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OnnOOOOO:HookState", kwlist,
+                                     &PyDict_Type, &records, &var, &depth, &cap,
+                                     &top_enter, &top_exit, &full, &refused, &error)) {
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "var must be a ContextVar");
+        return NULL;
+    }
+    HookState *s = (HookState *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->records = Py_NewRef(records);
+    s->var = Py_NewRef(var);
+    s->depth = depth < 0 ? 0 : depth;
+    s->cap = cap;
+    s->last = NULL;
+    s->on_top_enter = Py_NewRef(top_enter);
+    s->on_top_exit = Py_NewRef(top_exit);
+    s->on_full = Py_NewRef(full);
+    s->on_refused = Py_NewRef(refused);
+    s->on_error = Py_NewRef(error);
+    return (PyObject *)s;
+}
+
+static PyTypeObject HookState_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "scopetrace._speedups.HookState",
+    .tp_doc = "What the asyncio hooks share: the records, the settings, the callbacks.",
+    .tp_basicsize = sizeof(HookState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = state_new,
+    .tp_traverse = (traverseproc)state_traverse,
+    .tp_clear = (inquiry)state_clear,
+    .tp_dealloc = (destructor)state_dealloc,
+};
+
+static int
+hook_traverse(ScopeHook *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->original);
+    Py_VISIT(h->state);
+    Py_VISIT(h->dict);
+    return 0;
+}
+
+static int
+hook_clear(ScopeHook *h)
+{
+    Py_CLEAR(h->original);
+    Py_CLEAR(h->state);
+    Py_CLEAR(h->dict);
+    return 0;
+}
+
+static void
+hook_dealloc(ScopeHook *h)
+{
+    PyObject_GC_UnTrack(h);
+    hook_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyObject *
+hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "state", "is_exit", NULL};
+    PyObject *original, *state;
+    int is_exit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!p:ScopeHook", kwlist, &original,
+                                     &HookState_Type, &state, &is_exit)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(original)) {
+        PyErr_SetString(PyExc_TypeError, "original must be callable");
+        return NULL;
+    }
+    ScopeHook *h = (ScopeHook *)type->tp_alloc(type, 0);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->vectorcall = is_exit ? hook_exit : hook_enter;
+    h->original = Py_NewRef(original);
+    h->state = (HookState *)Py_NewRef(state);
+    h->dict = NULL;
+    return (PyObject *)h;
+}
+
+/* Bound like a function: through the class, the hook itself. */
+static PyObject *
+hook_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyGetSetDef hook_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject ScopeHook_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "scopetrace._speedups.ScopeHook",
+    .tp_doc = "CancelScope.__enter__ or __exit__ on asyncio, recording in C.",
+    .tp_basicsize = sizeof(ScopeHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = hook_new,
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_vectorcall_offset = offsetof(ScopeHook, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = hook_get,
+    .tp_dictoffset = offsetof(ScopeHook, dict),
+    .tp_getset = hook_getset,
+};
+
+static int
+add_hooks(PyObject *module)
+{
+    if (str_parent_scope == NULL) {
+        str_parent_scope = PyUnicode_InternFromString("_parent_scope");
+        str_host_task = PyUnicode_InternFromString("_host_task");
+        if (str_parent_scope == NULL || str_host_task == NULL) {
+            return -1;
+        }
+    }
+    if (PyType_Ready(&HookState_Type) < 0 || PyType_Ready(&ScopeHook_Type) < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "HookState", (PyObject *)&HookState_Type) < 0
+        || PyModule_AddObjectRef(module, "ScopeHook", (PyObject *)&ScopeHook_Type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+#endif /* Py_GIL_DISABLED */
+
 PyDoc_STRVAR(stop_at_doc,
 "stop_at($module, code, /)\n"
 "--\n"
@@ -438,6 +945,11 @@ speedups_exec(PyObject *module)
         PyErr_NoMemory();
         return -1;
     }
+#ifdef HAVE_HOOKS
+    if (add_hooks(module) < 0) {
+        return -1;
+    }
+#endif
     /* Which walk this build does: scopetrace._record checks the private one
      * against the public API once, at import, and falls back on a mismatch. */
     if (PyModule_AddIntConstant(module, "WALKS_INTERPRETER_FRAMES",

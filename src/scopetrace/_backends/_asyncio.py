@@ -5,9 +5,10 @@ anyio keeps the entering task in ``scope._host_task`` and refuses a bad exit
 one dict pop: it only looks at the scope once anyio has raised, and describes
 what it finds from that untouched state (never from the message text).
 
-Orphans: the enter hook arms one done-callback per plain task (``gather()``
-children, ``create_task``), at the task's outermost scope, and the callback
-walks anyio's scope chain when the task ends.  Task-group children need no
+Orphans: the enter hook arms a done-callback on a plain task (``gather()``
+children, ``create_task``) at its top-level scope, and the callback walks
+anyio's scope chain when the task ends; the exit hook disarms it when that
+scope exits cleanly (see :class:`Watcher`).  Task-group children need no
 callback: on anyio < 4.14 they are armed like plain tasks; from 4.14 anyio
 runs each child inside a scope of its own, whose exit anyio refuses when the
 child left a scope open -- the exit hook then reports the orphan and the
@@ -74,19 +75,22 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
         _record.stop_at_loop_frame(runner.run.__code__)
     watcher = Watcher(runtime, task_states)
     watch = watcher.watch
-    #: Weak reference to the task watch() last saw: a loop of scopes in one
-    #: task then costs one call and one identity test per enter.
+    enter_top = watcher.enter_top
+    exit_top = watcher.exit_top
+    #: Weak reference to the last task armed until its end: a loop of scopes
+    #: in one task then costs one identity test per enter and per exit.
     last_watched = watcher.nobody
     watch_children = not wraps_children
 
-    def refused(scope: Any, exc: RuntimeError) -> None:
-        # Called by __exit__ only: two frames up is the code that exited.
+    def refused(scope: Any, exc: RuntimeError, skip: int = 2) -> None:
+        # Called by __exit__ only: `skip` frames up is the code that exited
+        # (two through the Python wrapper; one from the C hook, which has none).
         try:
             host = scope._host_task
             if host is None or not scope._active:
                 return  # the scope did exit: this error is not an ownership one
             closer = asyncio.current_task()
-            closer_raw = _record.live_stack(CLOSER_DEPTH, skip=2)
+            closer_raw = _record.live_stack(CLOSER_DEPTH, skip=skip)
             if closer is not host:
                 kind = semconv.KIND_WRONG_TASK
                 watcher.before_violation(scope, host)
@@ -128,6 +132,30 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
         except Exception:
             internal_error("asyncio exit hook")
 
+    hooks = _c_hooks(capture)
+    if hooks is not None and not watch_children:
+        # The same hooks in C: no Python frame of their own, so the record
+        # starts at the code that entered the scope, and a refused exit's
+        # closer is one frame up from refused() (a partial adds no frame).
+        state = hooks.HookState(
+            records,
+            var,
+            depth,
+            cap,
+            watcher.enter_top,
+            watcher.exit_top,
+            evict,
+            functools.partial(refused, skip=1),
+            internal_error,
+        )
+        c_enter = functools.update_wrapper(
+            hooks.ScopeHook(original_enter, state, False), original_enter
+        )
+        c_exit = functools.update_wrapper(
+            hooks.ScopeHook(original_exit, state, True), original_exit
+        )
+        return _install(cls, original_enter, original_exit, c_enter, c_exit)
+
     @functools.wraps(original_enter)
     def __enter__(self: Any) -> Any:
         nonlocal last_watched
@@ -137,24 +165,27 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
             records[id(self)] = capture(var, depth, self, host)
             if len(records) > cap:
                 evict()
-            # A task's outermost scope: make sure its end gets checked for
-            # scopes left open (watch() registers once per task).  Plain tasks
-            # (gather() children, create_task) have no parent scope there;
-            # task-group children are watched only where anyio has no scope
-            # of its own around them (see the module docstring).
-            parent = self._parent_scope
-            if (
-                parent is None or (watch_children and parent._host_task is not host)
-            ) and host is not last_watched():
-                last_watched = watch(host)
+            # A task's top-level scope (anyio leaves _parent_scope None there:
+            # plain tasks, gather() children, create_task): arm the check at
+            # its end; task-group children are watched only where anyio has no
+            # scope of its own around them (see the module docstring).
+            if host is not last_watched():
+                parent = self._parent_scope
+                if parent is None:
+                    armed = enter_top(host)
+                    if armed is not None:
+                        last_watched = armed
+                elif watch_children and parent._host_task is not host:
+                    last_watched = watch(host)
         except Exception:
             internal_error("asyncio enter hook")
         return result
 
     @functools.wraps(original_exit)
     def __exit__(self: Any, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+        host = self._host_task  # anyio clears it on the way out
         try:
-            return original_exit(self, exc_type, exc_val, exc_tb)
+            result = original_exit(self, exc_type, exc_val, exc_tb)
         except RuntimeError as exc:
             refused(self, exc)
             raise
@@ -163,17 +194,45 @@ def patch(module: ModuleType, runtime: Runtime, wraps_children: bool) -> Callabl
             # the exception here would make a reference cycle anyio avoids.
             del exc_val, exc_tb
             records.pop(id(self), None)
+        # A top-level scope exited cleanly: its task has nothing open, so the
+        # check at its end is disarmed (unless armed to the end: the fast path).
+        try:
+            if self._parent_scope is None and host is not last_watched():
+                exit_top(host)
+        except Exception:
+            internal_error("asyncio exit hook")
+        return result
 
-    cls.__enter__ = __enter__
-    cls.__exit__ = __exit__
+    return _install(cls, original_enter, original_exit, __enter__, __exit__)
+
+
+def _install(
+    cls: Any, original_enter: Any, original_exit: Any, enter: Any, exit_: Any
+) -> Callable[[], None]:
+    cls.__enter__ = enter
+    cls.__exit__ = exit_
 
     def unpatch() -> None:
-        if cls.__dict__.get("__enter__") is __enter__:
+        if cls.__dict__.get("__enter__") is enter:
             cls.__enter__ = original_enter
-        if cls.__dict__.get("__exit__") is __exit__:
+        if cls.__dict__.get("__exit__") is exit_:
             cls.__exit__ = original_exit
 
     return unpatch
+
+
+def _c_hooks(capture: Any) -> Any:
+    """The accelerator's hooks (``_speedups.ScopeHook``) when the runtime
+    records with the accelerator: it passed its self-check at import, and this
+    is a GIL build (the hooks share unsynchronised state).  The benchmark
+    prices the Python recorder by swapping ``_record.capture`` first."""
+    try:
+        from .. import _speedups
+    except ImportError:
+        return None
+    if capture is not _speedups.capture:
+        return None
+    return _speedups if hasattr(_speedups, "ScopeHook") else None
 
 
 def describe(task: Any) -> TaskDescription:
@@ -299,19 +358,44 @@ def open_scopes(state: Any, task: Any) -> list[Any]:
 class Watcher:
     """Checks a task for open scopes when it ends (the orphan early warning).
 
-    :meth:`watch` adds one done-callback to a task, once: a table keyed by
-    ``id(task)`` remembers the tasks being watched, each entry tied to its
-    task by a weak reference, so a task destroyed while pending (its callback
-    never runs) can neither keep its entry nor hide a later task that gets
-    its address.  Dead entries are swept when the table doubles.
+    Only a task that ends inside a scope it entered needs the check, and
+    asyncio runs each done-callback through ``loop.call_soon`` (a ``Handle``:
+    about 10,000 instructions at every task's end, more than the hooks cost a
+    request), so the check is armed as late and kept as briefly as the hooks
+    can tell:
+
+    * :meth:`enter_top` arms it at a task's top-level scope, and
+      :meth:`exit_top` disarms it when that scope exits cleanly: anyio's
+      chain for the task is then empty and nothing the task entered is open.
+      A task with one top-level scope (a server's request) costs an add and
+      a remove of its callback, which never runs.
+    * a task that enters a top-level scope again (a loop of scopes: the main
+      task, a connection handler) is armed until it ends, and the hooks' fast
+      path then skips it: one identity test per scope.
+    * :meth:`watch` arms task-group children until they end (anyio < 4.14,
+      which deletes their TaskState in its own done-callback, before ours).
+
+    Which of these a task gets changes only what it costs: a task is armed
+    whenever one of its scopes is open.  A table keyed by ``id(task)`` holds
+    the armed tasks, each entry tied to its task by a weak reference, so a
+    task destroyed while pending (its callback never runs) can neither keep
+    its entry nor hide a later task that gets its address.  Dead entries are
+    swept when the table doubles.
     """
+
+    #: Tasks remembered (weakly) as having exited a top-level scope, at most.
+    RECENT = 64
 
     def __init__(self, runtime: Runtime, task_states: Any) -> None:
         self.runtime = runtime
         self.task_states = task_states
-        #: id(task) -> (ref(task), description taken while it ran): a task the
-        #: eager task factory ran to completion has no name or coroutine left.
-        self.watched: dict[int, tuple[Any, TaskDescription]] = {}
+        #: id(task) -> (ref(task), description taken while it ran, callback,
+        #: armed to its end): a task the eager task factory ran to completion
+        #: has no name or coroutine left to describe.
+        self.watched: dict[int, tuple[Any, TaskDescription, Any, bool]] = {}
+        #: id(task) -> ref(task) of tasks disarmed at a top-level exit: if one
+        #: enters another top-level scope, it is armed to its end.
+        self._recent: dict[int, weakref.ref[Any]] = {}
         self._sweep_at = 1024
         #: id(scope) of orphans the exit hook reported before the callback ran.
         self._early: set[int] = set()
@@ -324,32 +408,73 @@ class Watcher:
         #: long as its task lives (anyio's test_run_sync_worker_cyclic_references).
         self._contexts = threading.local()
 
+    def enter_top(self, task: Any) -> weakref.ref[Any] | None:
+        """``task`` entered a top-level scope: arm the check at its end.
+
+        Returns a weak reference to the task when it stays armed until it ends
+        (the hooks' fast path then skips it), None when :meth:`exit_top` is to
+        disarm it.
+        """
+        key = id(task)
+        entry = self.watched.get(key)
+        if entry is not None:
+            ref: weakref.ref[Any] = entry[0]
+            if ref() is task:
+                if not entry[3]:
+                    # Armed, and a top-level scope entered again before the
+                    # first was seen to exit cleanly: armed to the end.
+                    self.watched[key] = (*entry[:3], True)
+                return ref
+        recent = self._recent.pop(key, None)
+        return self._arm(task, to_the_end=recent is not None and recent() is task)
+
+    def exit_top(self, task: Any) -> None:
+        """``task`` exited its top-level scope cleanly: nothing it entered is open."""
+        key = id(task)
+        entry = self.watched.get(key)
+        if entry is None or entry[3] or entry[0]() is not task:
+            return
+        del self.watched[key]
+        task.remove_done_callback(entry[2])  # never scheduled: it costs nothing more
+        recent = self._recent
+        if len(recent) >= self.RECENT:
+            recent.clear()
+        recent[key] = entry[0]
+
     def watch(self, task: Any) -> weakref.ref[Any]:
         """Check ``task`` for open scopes when it ends; returns a weak reference
         to it for the enter hook's fast path (never a strong one)."""
-        ref = weakref.ref(task)
         entry = self.watched.get(id(task))
-        if entry is not None and entry[0]() is task:
-            return ref
-        self.watched[id(task)] = (ref, describe(task))
-        if len(self.watched) > self._sweep_at:
-            self._sweep()
+        if entry is not None:
+            ref: weakref.ref[Any] | None = entry[0]
+            if ref is not None and ref() is task:
+                if not entry[3]:
+                    self.watched[id(task)] = (*entry[:3], True)
+                return ref
+        ref = self._arm(task, to_the_end=True)
+        assert ref is not None
+        return ref
+
+    def _arm(self, task: Any, to_the_end: bool) -> weakref.ref[Any] | None:
+        ref = weakref.ref(task)
         # Keep anyio's TaskState: anyio deletes it for task-group children in
         # its own done-callback, which runs before ours.
+        callback = functools.partial(self._ended, self.task_states.get(task))
+        self.watched[id(task)] = (ref, describe(task), callback, to_the_end)
+        if len(self.watched) > self._sweep_at:
+            self._sweep()
         try:
             context = self._contexts.empty
         except AttributeError:
             context = self._contexts.empty = contextvars.Context()
-        task.add_done_callback(
-            functools.partial(self._ended, self.task_states.get(task)), context=context
-        )
-        return ref
+        task.add_done_callback(callback, context=context)
+        return ref if to_the_end else None
 
     def _sweep(self) -> None:
         # On a copy: loops in other threads keep inserting (copy() is atomic
         # with the GIL and takes the dict's lock without it; iterating is not).
-        for key, (ref, _) in self.watched.copy().items():
-            if ref() is None:
+        for key, entry in self.watched.copy().items():
+            if entry[0]() is None:
                 self.watched.pop(key, None)
         self._sweep_at = max(1024, 2 * len(self.watched))
 
