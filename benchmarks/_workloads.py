@@ -395,5 +395,7 @@ class Mode:
 
     def run(self, workload: Workload, n: int) -> float:
         if self.name == "debug":
-            return float(anyio.run(_quiet_debug_loop(workload), n, backend_options={"debug": True}))
+            return float(
+                anyio.run(_quiet_debug_loop(workload), n, backend_options={"debug": True})
+            )
         return float(anyio.run(workload, n))

@@ -90,22 +90,10 @@ def run(impl: str, depth: int, n: int, stack: int, fresh: int) -> int:
 
 def instructions(args: argparse.Namespace, impl: str, depth: int, n: int) -> int:
     cmd = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        "--impl",
-        impl,
-        "--depth",
-        str(depth),
-        "-n",
-        str(n),
-        "--stack",
-        str(args.stack),
-        "--fresh",
-        str(args.fresh),
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, os.path.abspath(__file__), "--worker",
+        "--impl", impl, "--depth", str(depth), "-n", str(n),
+        "--stack", str(args.stack), "--fresh", str(args.fresh),
     ]
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -117,28 +105,18 @@ def instructions(args: argparse.Namespace, impl: str, depth: int, n: int) -> int
 
 def callgrind(args: argparse.Namespace) -> None:
     impls = [i for i in IMPLS if i != "c" or accelerated()]
-    print(
-        f"# {sys.implementation.name} {sys.version.split()[0]}, stack={args.stack}, "
-        f"fresh={args.fresh}, N={args.n}; instructions per iteration (callgrind Ir)"
-    )
-    print(
-        f"{'depth':>5} "
-        + " ".join(f"{i:>9}" for i in impls)
-        + " "
-        + " ".join(f"{i + '-noop':>9}" for i in impls if i != "noop")
-    )
+    print(f"# {sys.implementation.name} {sys.version.split()[0]}, stack={args.stack}, "
+          f"fresh={args.fresh}, N={args.n}; instructions per iteration (callgrind Ir)")
+    print(f"{'depth':>5} " + " ".join(f"{i:>9}" for i in impls)
+          + " " + " ".join(f"{i + '-noop':>9}" for i in impls if i != "noop"))
     for depth in args.depths:
         per = {}
         for impl in impls:
             base = instructions(args, impl, depth, 0)
             per[impl] = (instructions(args, impl, depth, args.n) - base) / args.n
-        print(
-            f"{depth:>5} "
-            + " ".join(f"{per[i]:>9.0f}" for i in impls)
-            + " "
-            + " ".join(f"{per[i] - per['noop']:>9.0f}" for i in impls if i != "noop"),
-            flush=True,
-        )
+        print(f"{depth:>5} " + " ".join(f"{per[i]:>9.0f}" for i in impls)
+              + " " + " ".join(f"{per[i] - per['noop']:>9.0f}" for i in impls if i != "noop"),
+              flush=True)
 
 
 def accelerated() -> bool:
@@ -152,10 +130,8 @@ def accelerated() -> bool:
 
 def wallclock(args: argparse.Namespace) -> None:
     impls = [i for i in IMPLS if i != "c" or accelerated()]
-    print(
-        f"# {sys.version.split()[0]}, stack={args.stack}, fresh={args.fresh}, "
-        f"N={args.n}; ns per iteration (best of 5)"
-    )
+    print(f"# {sys.version.split()[0]}, stack={args.stack}, fresh={args.fresh}, "
+          f"N={args.n}; ns per iteration (best of 5)")
     for depth in args.depths:
         cells = []
         for impl in impls:
@@ -167,18 +143,10 @@ def wallclock(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--callgrind", action="store_true", help="count instructions")
-    parser.add_argument(
-        "--depths",
-        type=lambda s: [int(x) for x in s.split(",")],
-        default=[4, 8, 16],
-        help="comma-separated (default 4,8,16)",
-    )
-    parser.add_argument(
-        "-n",
-        type=int,
-        default=None,
-        help="iterations (default 20000 with --callgrind, else 200000)",
-    )
+    parser.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[4, 8, 16], help="comma-separated (default 4,8,16)")
+    parser.add_argument("-n", type=int, default=None,
+                        help="iterations (default 20000 with --callgrind, else 200000)")
     # nest() x13, loop, run, main, <module>: 17 frames, so depth 16 records 16.
     parser.add_argument("--stack", type=int, default=12, help="nested frames under the loop")
     parser.add_argument("--fresh", type=int, default=0, help="new frames per iteration")

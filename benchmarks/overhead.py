@@ -268,8 +268,8 @@ def report(
         rows,
     )
 
-    source = (
-        (lambda n, m: c_ratio(n, m)) if counted is not None else (lambda n, m: timed[f"{n}/{m}"])
+    source = (lambda n, m: c_ratio(n, m)) if counted is not None else (
+        lambda n, m: timed[f"{n}/{m}"]
     )
     ratios["micro_pair_ratio"] = source("micro_pair", "traced")
     ratios["taskgroup_ratio"] = source("taskgroup", "traced")
@@ -345,24 +345,14 @@ def report(
     rows = []
     if counted is not None:
         base = counted["violation/plain"].per_unit
-        for key, label in (
-            ("unlimited", "one report, every report exported"),
-            ("default", "storm, default rate limit"),
-        ):
+        for key, label in (("unlimited", "one report, every report exported"),
+                           ("default", "storm, default rate limit")):
             count = counted[f"violation/{key}"]
-            rows.append(
-                [
-                    label,
-                    "instructions",
-                    f"+{count.per_unit - base:,.0f}",
-                    f"{count.spans_per_unit:.2f}",
-                ]
-            )
+            rows.append([label, "instructions", f"+{count.per_unit - base:,.0f}",
+                         f"{count.spans_per_unit:.2f}"])
     base_s = timed["violation/plain"]
-    for key, label in (
-        ("unlimited", "one report, every report exported"),
-        ("default", "storm, default rate limit"),
-    ):
+    for key, label in (("unlimited", "one report, every report exported"),
+                       ("default", "storm, default rate limit")):
         extra = timed[f"violation/{key}"] - base_s
         rows.append([label, "CPU us", f"+{extra * 1e6:,.1f}", ""])
     storm_n, storm_spans_n, storm_s = storm
@@ -382,13 +372,8 @@ def report(
         value = ratios[key]
         rows.append([key, _fmt_ratio(value), f"<= {limit:.2f}", "ok" if value <= limit else "OVER"])
     lines += _table(
-        "Budget ("
-        + (
-            "instruction counts"
-            if counted is not None
-            else "CPU time only: not the budget's measure"
-        )
-        + "; memory: worse of peak RSS and load peak)",
+        "Budget (" + ("instruction counts" if counted is not None else
+                      "CPU time only: not the budget's measure") + "; memory: worse of peak RSS and load peak)",
         ["ratio", "value", "budget", ""],
         rows,
     )

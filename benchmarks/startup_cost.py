@@ -39,18 +39,9 @@ CONFIGS: tuple[tuple[str, dict[str, str]], ...] = (
 
 def instructions(venv: WheelEnv, env: dict[str, str]) -> int:
     proc = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            str(venv.python),
-            "-c",
-            "pass",
-        ],
-        env=venv.env(env, PYTHONHASHSEED="0"),
-        capture_output=True,
-        text=True,
-        check=True,
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         str(venv.python), "-c", "pass"],
+        env=venv.env(env, PYTHONHASHSEED="0"), capture_output=True, text=True, check=True,
     )
     match = re.search(r"Collected : (\d+)", proc.stderr)
     if match is None:
@@ -74,8 +65,7 @@ def measure(venv: WheelEnv, runs: int) -> list[tuple[str, int, float, float]]:
         rows.append((name, instructions(venv, env), *wall(venv, env, runs)))
     subprocess.run(
         [str(venv.python), "-m", "pip", "uninstall", "-q", "-y", "scopetrace"],
-        env=venv.env(),
-        check=True,
+        env=venv.env(), check=True,
     )
     rows.append(("not installed", instructions(venv, {}), *wall(venv, {}, runs)))
     return rows
@@ -84,24 +74,18 @@ def measure(venv: WheelEnv, runs: int) -> list[tuple[str, int, float, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="wall-clock runs per configuration")
-    parser.add_argument(
-        "--workdir", type=Path, help="where to build (default: a temporary directory)"
-    )
+    parser.add_argument("--workdir", type=Path, help="where to build (default: a temporary directory)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scopetrace-startup-"))
     venv = wheel_env(workdir)
     rows = measure(venv, args.runs)
     base_ir, base_min = rows[-1][1], rows[-1][2]
-    print(
-        f"python -c pass, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
-        f"ratios against 'not installed'"
-    )
+    print(f"python -c pass, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
+          f"ratios against 'not installed'")
     print(f"{'':30} {'instructions':>14} {'ratio':>7}  {'wall min':>9} {'median':>9} {'ratio':>6}")
     for name, ir, best, median in rows:
-        print(
-            f"{name:30} {ir:>14,} {ir / base_ir:>7.4f}  {best * 1e3:>7.1f}ms "
-            f"{median * 1e3:>7.1f}ms {best / base_min:>6.2f}"
-        )
+        print(f"{name:30} {ir:>14,} {ir / base_ir:>7.4f}  {best * 1e3:>7.1f}ms "
+              f"{median * 1e3:>7.1f}ms {best / base_min:>6.2f}")
     return 0
 
 

@@ -27,7 +27,9 @@ def _eager_loop() -> asyncio.AbstractEventLoop:
 def _backends() -> list[Any]:
     params: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
     if sys.version_info >= (3, 12):
-        params.append(pytest.param(("asyncio", {"loop_factory": _eager_loop}), id="asyncio-eager"))
+        params.append(
+            pytest.param(("asyncio", {"loop_factory": _eager_loop}), id="asyncio-eager")
+        )
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -150,14 +150,7 @@ def _points(req: Any) -> list[DataPoint]:
                     else:
                         value = float(p.count)
                     out.append(
-                        DataPoint(
-                            m.name,
-                            kind,
-                            value,
-                            attributes_of(p.attributes),
-                            resource,
-                            sm.scope.name,
-                        )
+                        DataPoint(m.name, kind, value, attributes_of(p.attributes), resource, sm.scope.name)
                     )
     return out
 
@@ -168,11 +161,7 @@ def _logs(req: Any) -> list[LogRecord]:
         resource = attributes_of(rl.resource.attributes)
         for sl in rl.scope_logs:
             for r in sl.log_records:
-                out.append(
-                    LogRecord(
-                        value_of(r.body), r.severity_text, attributes_of(r.attributes), resource
-                    )
-                )
+                out.append(LogRecord(value_of(r.body), r.severity_text, attributes_of(r.attributes), resource))
     return out
 
 
@@ -189,9 +178,7 @@ class OtlpReceiver:
         self._cond = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="otlp-receiver", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -242,14 +229,10 @@ class OtlpReceiver:
             return [p for p in self.points if p.metric == metric]
 
     def wait_for_span(self, name: str, timeout: float = 15.0) -> Span:
-        return self.wait_for(
-            lambda: next(iter(self.spans_named(name)), None), timeout, f"span {name!r}"
-        )
+        return self.wait_for(lambda: next(iter(self.spans_named(name)), None), timeout, f"span {name!r}")
 
     def wait_for_point(self, metric: str, timeout: float = 15.0) -> DataPoint:
-        return self.wait_for(
-            lambda: next(iter(self.points_of(metric)), None), timeout, f"metric {metric!r}"
-        )
+        return self.wait_for(lambda: next(iter(self.points_of(metric)), None), timeout, f"metric {metric!r}")
 
     # -- serving --------------------------------------------------------------------
     def _record(self, path: str, headers: dict[str, str], req: Any) -> None:
@@ -293,22 +276,14 @@ class OtlpReceiver:
                         json_format.Parse(body.decode("utf-8"), req)
                     else:
                         req.ParseFromString(body)
-                except (
-                    DecodeError,
-                    json_format.ParseError,
-                    OSError,
-                    zlib.error,
-                    ValueError,
-                ) as exc:
+                except (DecodeError, json_format.ParseError, OSError, zlib.error, ValueError) as exc:
                     receiver._error(f"{self.path}: {type(exc).__name__}: {exc}")
                     self._reply(400, b"", "text/plain")
                     return
                 receiver._record(self.path, {k.lower(): v for k, v in self.headers.items()}, req)
                 response = response_type()
                 if is_json:
-                    self._reply(
-                        200, json_format.MessageToJson(response).encode(), "application/json"
-                    )
+                    self._reply(200, json_format.MessageToJson(response).encode(), "application/json")
                 else:
                     self._reply(200, response.SerializeToString(), "application/x-protobuf")
 

@@ -74,9 +74,9 @@ def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[Item]]:
         if length is None:
             payload: Any = line()
         else:
-            payload = data[pos : pos + length]
+            payload = data[pos:pos + length]
             pos += length
-            if data[pos : pos + 1] == b"\n":
+            if data[pos:pos + 1] == b"\n":
                 pos += 1
         try:
             payload = json.loads(payload)
@@ -139,9 +139,8 @@ class SentryReceiver:
             target=self._server.serve_forever, name="sentry-receiver", daemon=True
         )
 
-    def _note(
-        self, path: str, encoding: str | None, error: str | None, items: list[Item] | None = None
-    ) -> None:
+    def _note(self, path: str, encoding: str | None, error: str | None,
+              items: list[Item] | None = None) -> None:
         with self._cond:
             self.requests.append((path, encoding, error))
             self.items.extend(items or ())

@@ -59,11 +59,8 @@ def _hook(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
     program = "import _scopetrace_startup; _scopetrace_startup.start()\n" + textwrap.dedent(code)
     return subprocess.run(
-        [sys.executable, "-c", program],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", program], env={**clean, **env},
+        capture_output=True, text=True, timeout=60,
     )
 
 
@@ -90,8 +87,7 @@ def test_hook_on_installs_once_even_when_called_again() -> None:
         _scopetrace_startup.start()
         print(inst.is_installed(), inst.current_runtime() is first)
         """,
-        SCOPETRACE="1",
-        SCOPETRACE_STACK_DEPTH="deep",
+        SCOPETRACE="1", SCOPETRACE_STACK_DEPTH="deep",
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "True True\n"
@@ -102,11 +98,8 @@ def test_hook_on_installs_once_even_when_called_again() -> None:
 def test_hook_never_raises_when_scopetrace_cannot_start() -> None:
     # Blocking the import is how Python marks a module as unavailable.
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
+        [sys.executable, "-c", textwrap.dedent(
+            """
             import os, sys
             sys.modules["scopetrace._activate"] = None
             import _scopetrace_startup
@@ -117,25 +110,19 @@ def test_hook_never_raises_when_scopetrace_cannot_start() -> None:
             _scopetrace_startup.start()
             print("application runs")
             """
-            ),
-        ],
+        )],
         env={k: v for k, v in os.environ.items() if k != "SCOPETRACE"},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0
     assert proc.stdout == "application runs\n"
-    assert proc.stderr.startswith(
-        "scopetrace: SCOPETRACE is set but tracing could not start (ModuleNotFoundError"
-    )
+    assert proc.stderr.startswith("scopetrace: SCOPETRACE is set but tracing could not start (ModuleNotFoundError")
     assert proc.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_the_opentelemetry_instrumentor_entry_point_installs_and_uninstalls() -> None:
     (entry,) = [
-        ep
-        for ep in importlib.metadata.entry_points(group="opentelemetry_instrumentor")
+        ep for ep in importlib.metadata.entry_points(group="opentelemetry_instrumentor")
         if ep.name == "scopetrace"
     ]
     instrumentor = entry.load()()
@@ -168,9 +155,8 @@ def test_the_instrumentor_honours_a_private_tracer_and_meter_provider() -> None:
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     meter_provider = MeterProvider(metric_readers=[reader])
     instrumentor = ScopetraceInstrumentor()
-    instrumentor.instrument(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, exporter="none"
-    )
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            exporter="none")
     try:
         scenarios.run(scenarios.sibling_gather, ("asyncio", {}))
         names = [s.name for s in spans.get_finished_spans()]
@@ -178,11 +164,8 @@ def test_the_instrumentor_honours_a_private_tracer_and_meter_provider() -> None:
         data = reader.get_metrics_data()
         counted = [
             point.value
-            for rm in data.resource_metrics
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == semconv.VIOLATIONS_METRIC
-            for point in m.data.data_points
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == semconv.VIOLATIONS_METRIC for point in m.data.data_points
         ]
         assert counted == [1]
     finally:
@@ -208,8 +191,7 @@ def test_the_wheel_ships_the_hook_for_pth_and_pep_829(venv: WheelEnv) -> None:
         "import _scopetrace_startup; _scopetrace_startup.start()"
     )
     entries = [
-        line
-        for line in (sp / "scopetrace.start").read_text().splitlines()
+        line for line in (sp / "scopetrace.start").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert entries == ["_scopetrace_startup:start"]
@@ -234,9 +216,7 @@ def test_scopetrace_1_traces_a_program_that_never_imports_it(venv: WheelEnv, app
 
 @slow
 @pytest.mark.parametrize("value", [None, "0", ""], ids=["unset", "0", "empty"])
-def test_without_the_switch_anyio_is_untouched(
-    venv: WheelEnv, app: Path, value: str | None
-) -> None:
+def test_without_the_switch_anyio_is_untouched(venv: WheelEnv, app: Path, value: str | None) -> None:
     proc = venv.run("python", app, env={} if value is None else {"SCOPETRACE": value})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == UNTRACED + "patched: False scopetrace imported: False\n"
@@ -244,33 +224,25 @@ def test_without_the_switch_anyio_is_untouched(
 
 
 @slow
-def test_a_bad_switch_value_warns_once_and_leaves_anyio_untouched(
-    venv: WheelEnv, app: Path
-) -> None:
+def test_a_bad_switch_value_warns_once_and_leaves_anyio_untouched(venv: WheelEnv, app: Path) -> None:
     proc = venv.run("python", app, env={"SCOPETRACE": "please"})
     assert proc.returncode == 0, proc.stderr
     assert "patched: False" in proc.stdout
     assert proc.stderr.count("ConfigWarning") == 1
-    assert (
-        "SCOPETRACE='please' is not valid (accepted: 1/true/yes/on or 0/false/no/off); "
+    assert "SCOPETRACE='please' is not valid (accepted: 1/true/yes/on or 0/false/no/off); " \
         "tracing stays off" in proc.stderr
-    )
     assert REPORT not in proc.stderr
 
 
 @slow
 def test_a_bad_option_warns_once_and_tracing_goes_on(venv: WheelEnv, app: Path) -> None:
     proc = venv.run(
-        "python",
-        app,
-        env={"SCOPETRACE": "1", "SCOPETRACE_LOG_LEVEL": "loud", "SCOPETRACE_RATE_LIMIT": "-1"},
+        "python", app, env={"SCOPETRACE": "1", "SCOPETRACE_LOG_LEVEL": "loud", "SCOPETRACE_RATE_LIMIT": "-1"}
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("ConfigWarning") == 2
-    assert (
-        "SCOPETRACE_LOG_LEVEL='loud' is not valid (accepted: one of debug, info, warning, "
+    assert "SCOPETRACE_LOG_LEVEL='loud' is not valid (accepted: one of debug, info, warning, " \
         "error, critical); using the default 'error'" in proc.stderr
-    )
     assert "SCOPETRACE_RATE_LIMIT='-1' is not valid" in proc.stderr
     assert proc.stderr.count(REPORT) == 1
 
@@ -318,7 +290,7 @@ def test_the_pep_829_start_entry_point_activates(venv: WheelEnv, app: Path) -> N
         f"""
         import pkgutil, runpy, sys
         sys.path.append({str(venv.site_packages)!r})
-        for line in open({str(venv.site_packages / "scopetrace.start")!r}):
+        for line in open({str(venv.site_packages / 'scopetrace.start')!r}):
             if line.strip() and not line.startswith("#"):
                 pkgutil.resolve_name(line.strip())()
         runpy.run_path({str(app)!r}, run_name="__main__")
@@ -398,13 +370,9 @@ def test_opentelemetry_instrument_enables_scopetrace(venv: WheelEnv, app: Path) 
 
 
 @slow
-def test_opentelemetry_instrument_honours_disabled_instrumentations(
-    venv: WheelEnv, app: Path
-) -> None:
+def test_opentelemetry_instrument_honours_disabled_instrumentations(venv: WheelEnv, app: Path) -> None:
     proc = venv.run(
-        "opentelemetry-instrument",
-        "python",
-        app,
+        "opentelemetry-instrument", "python", app,
         env={"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "requests, scopetrace"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -414,24 +382,16 @@ def test_opentelemetry_instrument_honours_disabled_instrumentations(
 
 def test_the_production_doc_documents_every_option() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    rows = {
-        line.split("|")[1].strip(" `"): line
-        for line in doc.splitlines()
-        if line.startswith("| `SCOPETRACE")
-    }
+    rows = {line.split("|")[1].strip(" `"): line for line in doc.splitlines() if line.startswith("| `SCOPETRACE")}
     assert "SCOPETRACE" in rows
     for field in dataclasses.fields(Options):
         row = rows[env_name(field.name)]
         assert f"`{field.name}`" in row and f"`--{field.name.replace('_', '-')}" in row
         default = field.default
-        shown = (
-            ("on" if default else "off")
-            if isinstance(default, bool)
-            else f"`{default:g}`"
-            if isinstance(default, float)
-            else f"`{default}`"
-        )
+        shown = ("on" if default else "off") if isinstance(default, bool) else f"`{default:g}`" \
+            if isinstance(default, float) else f"`{default}`"
         assert shown in row, (field.name, row)
+
 
 
 @slow
@@ -441,9 +401,8 @@ def test_scopetrace_1_traces_a_pytest_run(venv: WheelEnv, tmp_path: Path) -> Non
     loaded anyio's backends itself (anyio ships a pytest plugin), unpatched."""
     install = venv.run("python", "-m", "pip", "install", "-q", "pytest", timeout=300)
     assert install.returncode == 0, install.stderr
-    (tmp_path / "test_app.py").write_text(
-        textwrap.dedent(
-            """
+    (tmp_path / "test_app.py").write_text(textwrap.dedent(
+        """
         import asyncio
         import anyio
 
@@ -461,19 +420,9 @@ def test_scopetrace_1_traces_a_pytest_run(venv: WheelEnv, tmp_path: Path) -> Non
                 await asyncio.gather(closer())
             asyncio.run(main())
         """
-        )
-    )
-    proc = venv.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-s",
-        cwd=tmp_path,
-        env={"SCOPETRACE": "1"},
-    )
+    ))
+    proc = venv.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
+                    cwd=tmp_path, env={"SCOPETRACE": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{REPORT} wrong_task" in proc.stdout + proc.stderr
 
@@ -487,15 +436,10 @@ def test_an_anyio_older_than_supported_gets_one_warning(tmp_path: Path) -> None:
     subprocess.run([*pip, "anyio==4.6.2", "opentelemetry-api"], check=True, timeout=600)
     src = Path(__file__).resolve().parent.parent / "src"
     proc = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import scopetrace, anyio._backends._asyncio; scopetrace.install(exporter='none'); "
-            "print(scopetrace.is_installed())",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [str(venv / "bin" / "python"), "-c",
+         "import scopetrace, anyio._backends._asyncio; scopetrace.install(exporter='none'); "
+         "print(scopetrace.is_installed())"],
+        capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(src), "SCOPETRACE_NO_EXTENSIONS": "1"},
     )
     assert proc.returncode == 0, proc.stderr

@@ -31,7 +31,7 @@ from .conftest import Reports
 from .scenarios import plain_tasks
 
 #: Seed 003's culprit: the first user opens the transport's scope, the last closes it.
-PYDANTIC_AI_MCP = """
+PYDANTIC_AI_MCP = '''
 import anyio
 
 
@@ -50,10 +50,10 @@ class MCPServer:
         self._running_count -= 1
         if self._running_count == 0:
             self._scope.__exit__(None, None, None)
-"""
+'''
 
 #: Seed 000's culprit: the task group is entered by start() and exited by close().
-CLAUDE_QUERY = """
+CLAUDE_QUERY = '''
 import anyio
 
 
@@ -68,18 +68,11 @@ class Query:
     async def close(self):
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
-"""
+'''
 
 
-def _install_fake(
-    root: Path,
-    package: str,
-    module: str,
-    source: str,
-    dist: str,
-    version: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Any:
+def _install_fake(root: Path, package: str, module: str, source: str, dist: str, version: str,
+                  monkeypatch: pytest.MonkeyPatch) -> Any:
     """Lay out ``root/<package>/<module>.py`` and ``<dist>-<version>.dist-info``."""
     root = root / "site-packages"  # where installers put distributions
     path = root.joinpath(*package.split("/"), module + ".py")
@@ -150,15 +143,8 @@ def test_shipped_table_is_valid() -> None:
 
 @pytest.mark.parametrize(
     ("lower", "higher"),
-    [
-        ("1.9", "1.10"),
-        ("1.20.0", "1.92.0"),
-        ("1.92.0rc1", "1.92.0"),
-        ("1.92.0", "1.92.0.post1"),
-        ("0.1.50", "0.1.51"),
-        ("1.91.9", "1.92"),
-        ("1.92.0.dev3", "1.92.0a1"),
-    ],
+    [("1.9", "1.10"), ("1.20.0", "1.92.0"), ("1.92.0rc1", "1.92.0"), ("1.92.0", "1.92.0.post1"),
+     ("0.1.50", "0.1.51"), ("1.91.9", "1.92"), ("1.92.0.dev3", "1.92.0a1")],
 )
 def test_version_order(lower: str, higher: str) -> None:
     assert version_key(lower) < version_key(higher)
@@ -169,22 +155,10 @@ def test_equal_versions() -> None:
 
 
 def test_bad_entries_are_named() -> None:
-    good = json.loads(
-        json.dumps(
-            {
-                "bugs": [
-                    {
-                        "name": "x",
-                        "distributions": ["x"],
-                        "fixed_in": "1.0",
-                        "stack": "closer",
-                        "frames": [{"file": "x/y.py", "function": "f"}],
-                        "issue": "o/x#1",
-                    }
-                ]
-            }
-        )
-    )
+    good = json.loads(json.dumps({"bugs": [{
+        "name": "x", "distributions": ["x"], "fixed_in": "1.0", "stack": "closer",
+        "frames": [{"file": "x/y.py", "function": "f"}], "issue": "o/x#1",
+    }]}))
     expected = KnownBug("x", ("x",), None, "1.0", "closer", (("x/y.py", "f"),), "o/x#1")
     assert parse(good)[0] == expected
     for broken in ({"stack": "sideways"}, {"fixed_in": "soon"}, {"frames": []}):
@@ -199,27 +173,18 @@ def test_bad_entries_are_named() -> None:
 @pytest.mark.parametrize(
     ("version", "advice"),
     [
-        (
-            "1.20.0",
-            "pydantic-ai 1.20.0 is affected by pydantic/pydantic-ai#2355, fixed in 1.92.0 "
-            "(pydantic/pydantic-ai#4514): upgrade to pydantic-ai>=1.92.0 (raise your pin or "
-            "floor if you have one)",
-        ),
+        ("1.20.0", "pydantic-ai 1.20.0 is affected by pydantic/pydantic-ai#2355, fixed in 1.92.0 "
+                   "(pydantic/pydantic-ai#4514): upgrade to pydantic-ai>=1.92.0 (raise your pin or "
+                   "floor if you have one)"),
         ("1.92.0", None),
     ],
 )
 def test_pydantic_ai_shape(
-    backend: Any,
-    traced: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    version: str,
-    advice: str | None,
+    backend: Any, traced: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, version: str, advice: str | None,
 ) -> None:
-    mod = _install_fake(
-        tmp_path, "pydantic_ai", "mcp", PYDANTIC_AI_MCP, "pydantic-ai-slim", version, monkeypatch
-    )
+    mod = _install_fake(tmp_path, "pydantic_ai", "mcp", PYDANTIC_AI_MCP, "pydantic-ai-slim",
+                        version, monkeypatch)
     seen = _violations()
     name, options = backend
     with caplog.at_level(logging.ERROR, logger=semconv.LOGGER_NAME):
@@ -239,9 +204,8 @@ def test_pydantic_ai_shape(
 def test_no_advice_when_the_library_is_not_installed(
     traced: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mod = _install_fake(
-        tmp_path, "pydantic_ai", "mcp", PYDANTIC_AI_MCP, "not-pydantic-ai", "1.20.0", monkeypatch
-    )
+    mod = _install_fake(tmp_path, "pydantic_ai", "mcp", PYDANTIC_AI_MCP, "not-pydantic-ai",
+                        "1.20.0", monkeypatch)
     seen = _violations()
     anyio.run(_shared_connection, mod.MCPServer())
     assert len(seen) == 1 and seen[0].advice is None
@@ -250,34 +214,20 @@ def test_no_advice_when_the_library_is_not_installed(
 @pytest.mark.parametrize(
     ("package", "dist", "version", "advice"),
     [
-        (
-            "claude_agent_sdk/_internal",
-            "claude-agent-sdk",
-            "0.1.50",
-            "claude-agent-sdk 0.1.50 is affected by anthropics/claude-agent-sdk-python#454, fixed in "
-            "0.1.51 (anthropics/claude-agent-sdk-python#746): upgrade to claude-agent-sdk>=0.1.51 "
-            "(raise your pin or floor if you have one)",
-        ),
+        ("claude_agent_sdk/_internal", "claude-agent-sdk", "0.1.50",
+         "claude-agent-sdk 0.1.50 is affected by anthropics/claude-agent-sdk-python#454, fixed in "
+         "0.1.51 (anthropics/claude-agent-sdk-python#746): upgrade to claude-agent-sdk>=0.1.51 "
+         "(raise your pin or floor if you have one)"),
         ("claude_agent_sdk/_internal", "claude-agent-sdk", "0.1.51", None),
-        (
-            "claude_code_sdk/_internal",
-            "claude-code-sdk",
-            "0.0.25",
-            "claude-code-sdk 0.0.25 is affected by anthropics/claude-agent-sdk-python#454; no fixed "
-            "release: the package was renamed and only its successor has the fix: move to "
-            "claude-agent-sdk>=0.1.51",
-        ),
+        ("claude_code_sdk/_internal", "claude-code-sdk", "0.0.25",
+         "claude-code-sdk 0.0.25 is affected by anthropics/claude-agent-sdk-python#454; no fixed "
+         "release: the package was renamed and only its successor has the fix: move to "
+         "claude-agent-sdk>=0.1.51"),
     ],
 )
 def test_claude_sdk_shape(
-    backend: Any,
-    traced: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    package: str,
-    dist: str,
-    version: str,
-    advice: str | None,
+    backend: Any, traced: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    package: str, dist: str, version: str, advice: str | None,
 ) -> None:
     if backend[0] == "trio":
         pytest.skip("trio fails the opener when it ends inside its nursery: no closer ever runs")
@@ -312,8 +262,7 @@ def test_data_file_is_in_the_wheel(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
-        check=True,
-        env={**__import__("os").environ, "SCOPETRACE_NO_EXTENSIONS": "1"},
+        check=True, env={**__import__("os").environ, "SCOPETRACE_NO_EXTENSIONS": "1"},
     )
     (wheel,) = tmp_path.glob("scopetrace-*.whl")
     with zipfile.ZipFile(wheel) as zf:

@@ -49,9 +49,7 @@ TOOLS = ("probe_a", "probe_b", "probe_c", "probe_d")
 def mcp_url() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, str(SERVER), "serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout is not None
@@ -144,8 +142,7 @@ def test_pydantic_ai_parallel_tool_calls(traced: Any, mcp_url: str) -> None:
         names = [s.name for s in traced.finished()]
         assert semconv.ORPHANED_SPAN in names
         first_wrong = next(
-            i
-            for i, s in enumerate(traced.finished())
+            i for i, s in enumerate(traced.finished())
             if s.name == semconv.VIOLATION_SPAN
             and s.attributes[semconv.VIOLATION_KIND] == semconv.KIND_WRONG_TASK
         )

@@ -183,7 +183,7 @@ def test_same_record_through_yield_from():
     def outer():
         yield from inner()
 
-    ((c_rec, py_rec),) = list(outer())
+    (c_rec, py_rec), = list(outer())
     assert_same(c_rec, py_rec)
     names = [code.co_name for code, _ in frames(c_rec)[:3]]
     assert names == ["both", "inner", "outer"]
@@ -201,10 +201,7 @@ def test_same_record_in_callback_called_from_c():
     for c_rec, py_rec in records:
         assert_same(c_rec, py_rec)
         assert [code.co_name for code, _ in frames(c_rec)[:3]] == [
-            "both",
-            "key",
-            sys._getframe().f_code.co_name,
-        ]
+            "both", "key", sys._getframe().f_code.co_name]
 
 
 def both_through_c(depth):
@@ -460,8 +457,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("fn", IMPLS)
 def test_lasti_resolves_to_line(fn):
     def site():
-        record = enter(fn, VAR, 2)
-        line = sys._getframe().f_lineno  # noqa: E702
+        record = enter(fn, VAR, 2); line = sys._getframe().f_lineno  # noqa: E702
         return record, line
 
     def outer():
@@ -525,7 +521,6 @@ def test_no_reference_leaks(depth):
     token = VAR.set(value)
     here = sys._getframe()
     try:
-
         def site():
             for _ in range(100_000):
                 enter(c_capture, VAR, depth)

@@ -38,28 +38,15 @@ def scopetrace_run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
     return subprocess.run(
         [sys.executable, "-m", "scopetrace", "run", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        env={**clean, **env}, capture_output=True, text=True, timeout=60,
     )
 
 
 def test_run_passes_the_switch_and_the_options_as_variables() -> None:
     proc = scopetrace_run(
-        "--stack-depth",
-        "4",
-        "--no-exception-notes",
-        "--exporter",
-        "jsonl",
-        "--jsonl-path",
-        "/tmp/x.jsonl",
-        "--",
-        sys.executable,
-        "-c",
-        SHOW_ENV,
-        "--port",
-        "8000",
+        "--stack-depth", "4", "--no-exception-notes", "--exporter", "jsonl",
+        "--jsonl-path", "/tmp/x.jsonl", "--",
+        sys.executable, "-c", SHOW_ENV, "--port", "8000",
     )
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
@@ -113,9 +100,7 @@ def test_run_says_when_the_start_up_hook_is_not_installed() -> None:
 def test_run_help_names_every_option_and_its_variable() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "scopetrace", "run", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
@@ -150,10 +135,8 @@ def test_run_with_a_bad_option_warns_once_and_traces(venv: WheelEnv, app: Path) 
     proc = venv.run("scopetrace", "run", "--stack-depth", "lots", "--", "python", app)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("ConfigWarning") == 1
-    assert (
-        "SCOPETRACE_STACK_DEPTH='lots' is not valid (accepted: an integer from 0 to 128); "
+    assert "SCOPETRACE_STACK_DEPTH='lots' is not valid (accepted: an integer from 0 to 128); " \
         "using the default 16" in proc.stderr
-    )
     assert proc.stderr.count(REPORT) == 1
 
 
@@ -205,23 +188,9 @@ def test_run_traces_uvicorn_and_its_workers(venv: WheelEnv, tmp_path: Path, work
     log = tmp_path / "uvicorn.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [
-                str(venv.bin / "scopetrace"),
-                "run",
-                "--",
-                "uvicorn",
-                "service:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            cwd=tmp_path,
-            env=venv.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [str(venv.bin / "scopetrace"), "run", "--", "uvicorn", "service:app",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            cwd=tmp_path, env=venv.env(), stdout=out, stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
@@ -275,26 +244,15 @@ def test_sigterm_under_uvicorn_loses_no_otlp_report(venv: WheelEnv, tmp_path: Pa
     port = _free_port()
     with OtlpReceiver() as receiver:
         env = venv.env(
-            SCOPETRACE="1",
-            SCOPETRACE_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-            OTEL_SERVICE_NAME="sigterm",
+            SCOPETRACE="1", SCOPETRACE_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_SERVICE_NAME="sigterm",
         )
         log = tmp_path / "uvicorn.log"
         with log.open("w") as out:
             server = subprocess.Popen(
-                [
-                    str(venv.bin / "uvicorn"),
-                    "service:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                cwd=tmp_path,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                [str(venv.bin / "uvicorn"), "service:app", "--host", "127.0.0.1", "--port",
+                 str(port)],
+                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         try:
             deadline = time.monotonic() + 60
@@ -313,26 +271,15 @@ def test_sigterm_under_uvicorn_loses_no_otlp_report(venv: WheelEnv, tmp_path: Pa
         assert time.monotonic() - stopped < 10, "the exit was held up"
         assert server.returncode == -signal.SIGTERM, log.read_text()  # died as uvicorn does
         spans = receiver.wait_for(
-            lambda: (
-                receiver.spans_named(semconv.VIOLATION_SPAN)
-                if len(receiver.spans_named(semconv.VIOLATION_SPAN)) >= 3
-                else None
-            ),
-            timeout=10,
-            what="3 violation spans",
+            lambda: receiver.spans_named(semconv.VIOLATION_SPAN)
+            if len(receiver.spans_named(semconv.VIOLATION_SPAN)) >= 3 else None,
+            timeout=10, what="3 violation spans",
         )
         assert len(spans) == 3
         assert {s.resource["service.name"] for s in spans} == {"sigterm"}
         point = receiver.wait_for(
-            lambda: next(
-                (
-                    p
-                    for p in reversed(receiver.points_of(semconv.VIOLATIONS_METRIC))
-                    if p.value == 3
-                ),
-                None,
-            ),
-            timeout=10,
-            what="the counter at 3",
+            lambda: next((p for p in reversed(receiver.points_of(semconv.VIOLATIONS_METRIC))
+                          if p.value == 3), None),
+            timeout=10, what="the counter at 3",
         )
         assert point.value == 3

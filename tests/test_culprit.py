@@ -27,7 +27,7 @@ ASYNCIO_TASKS = asyncio.tasks.__file__
 
 def package(frame: Frame) -> str:
     if frame.filename.startswith(SITE):
-        return frame.filename[len(SITE) :].split("/", 1)[0]
+        return frame.filename[len(SITE):].split("/", 1)[0]
     return ""
 
 
@@ -42,9 +42,7 @@ def f(path: str, line: int, function: str, gen: bool = False, first: int | None 
     else:
         filename = path if path.startswith(("/", "app/")) else SITE + path
     flags = CO_ASYNC_GENERATOR if gen else CO_COROUTINE
-    return Frame(
-        filename, line, function, first if first is not None else hash(function) % 997, flags
-    )
+    return Frame(filename, line, function, first if first is not None else hash(function) % 997, flags)
 
 
 #: contextlib's frames around a generator-based context manager.
@@ -55,9 +53,8 @@ STACK_EXIT = Frame(CONTEXTLIB, 728, "AsyncExitStack.__aexit__", 700)
 
 
 def culprit(opener: list[Frame], closer: list[Frame] | None = None, **kw: object) -> str:
-    found = _culprit.find(
-        tuple(opener), tuple(closer) if closer is not None else None, package_of=package, **kw
-    )  # type: ignore[arg-type]
+    found = _culprit.find(tuple(opener), tuple(closer) if closer is not None else None,
+                          package_of=package, **kw)  # type: ignore[arg-type]
     assert found is not None
     name = found.frame.filename.removeprefix(SITE)
     if name.startswith(ANYIO):
@@ -70,26 +67,20 @@ def test_fastmcp_client_shared_by_two_tasks() -> None:
     not mcp's BaseSession (used correctly) nor the transports' CM generators."""
     opener = [
         f("mcp/shared/session.py", 208, "BaseSession.__aenter__"),
-        f("mcp/client/streamable_http.py", 464, "streamablehttp_client", gen=True),
-        CM_ENTER,
+        f("mcp/client/streamable_http.py", 464, "streamablehttp_client", gen=True), CM_ENTER,
         f("fastmcp/client/transports.py", 219, "StreamableHttpTransport.connect_session", gen=True),
         CM_ENTER,
-        f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True),
-        CM_ENTER,
-        STACK_ENTER,
-        f("fastmcp/client/client.py", 250, "Client.__aenter__"),
+        f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True), CM_ENTER,
+        STACK_ENTER, f("fastmcp/client/client.py", 250, "Client.__aenter__"),
         f("app/driver.py", 135, "task_a"),
     ]
     closer = [
         f("mcp/shared/session.py", 223, "BaseSession.__aexit__"),
-        f("mcp/client/streamable_http.py", 464, "streamablehttp_client", gen=True),
-        CM_EXIT,
+        f("mcp/client/streamable_http.py", 464, "streamablehttp_client", gen=True), CM_EXIT,
         f("fastmcp/client/transports.py", 219, "StreamableHttpTransport.connect_session", gen=True),
         CM_EXIT,
-        f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True),
-        CM_EXIT,
-        STACK_EXIT,
-        f("fastmcp/client/client.py", 265, "Client.__aexit__"),
+        f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True), CM_EXIT,
+        STACK_EXIT, f("fastmcp/client/client.py", 265, "Client.__aexit__"),
         f("app/driver.py", 145, "task_b"),
     ]
     assert culprit(opener, closer) == "fastmcp/client/client.py:250 in Client.__aenter__"
@@ -99,23 +90,17 @@ def test_pydantic_ai_mcp_server_shared_by_two_runs() -> None:
     """pydantic-ai 1.20.0: MCPServer.__aenter__ (fix #4514), not the outer,
     per-run CombinedToolset, nor mcp."""
     opener = [
-        f("mcp/shared/session.py", 205, "BaseSession.__aenter__"),
-        STACK_ENTER,
-        f("pydantic_ai/mcp.py", 335, "MCPServer.__aenter__"),
-        STACK_ENTER,
+        f("mcp/shared/session.py", 205, "BaseSession.__aenter__"), STACK_ENTER,
+        f("pydantic_ai/mcp.py", 335, "MCPServer.__aenter__"), STACK_ENTER,
         f("pydantic_ai/toolsets/combined.py", 51, "CombinedToolset.__aenter__"),
-        f("pydantic_ai/agent/__init__.py", 656, "Agent.iter", gen=True),
-        CM_ENTER,
+        f("pydantic_ai/agent/__init__.py", 656, "Agent.iter", gen=True), CM_ENTER,
         f("app/driver.py", 60, "run_a"),
     ]
     closer = [
-        f("mcp/shared/session.py", 220, "BaseSession.__aexit__"),
-        STACK_EXIT,
-        f("pydantic_ai/mcp.py", 353, "MCPServer.__aexit__"),
-        STACK_EXIT,
+        f("mcp/shared/session.py", 220, "BaseSession.__aexit__"), STACK_EXIT,
+        f("pydantic_ai/mcp.py", 353, "MCPServer.__aexit__"), STACK_EXIT,
         f("pydantic_ai/toolsets/combined.py", 60, "CombinedToolset.__aexit__"),
-        f("pydantic_ai/agent/__init__.py", 656, "Agent.iter", gen=True),
-        CM_EXIT,
+        f("pydantic_ai/agent/__init__.py", 656, "Agent.iter", gen=True), CM_EXIT,
         f("app/driver.py", 70, "run_b"),
     ]
     assert culprit(opener, closer) == "pydantic_ai/mcp.py:335 in MCPServer.__aenter__"
@@ -123,35 +108,19 @@ def test_pydantic_ai_mcp_server_shared_by_two_runs() -> None:
 
 def test_openai_agents_connect_and_cleanup_in_two_tasks() -> None:
     owner = "_MCPServerWithClientSession"
-    opener = [
-        f("mcp/shared/session.py", 223, "BaseSession.__aenter__"),
-        STACK_ENTER,
-        f("agents/mcp/server.py", 1395, f"{owner}.connect"),
-        f("app/app.py", 10, "setup"),
-    ]
-    closer = [
-        f("mcp/shared/session.py", 238, "BaseSession.__aexit__"),
-        STACK_EXIT,
-        f("agents/mcp/server.py", 1841, f"{owner}.cleanup"),
-        f("app/app.py", 20, "teardown"),
-    ]
+    opener = [f("mcp/shared/session.py", 223, "BaseSession.__aenter__"), STACK_ENTER,
+              f("agents/mcp/server.py", 1395, f"{owner}.connect"), f("app/app.py", 10, "setup")]
+    closer = [f("mcp/shared/session.py", 238, "BaseSession.__aexit__"), STACK_EXIT,
+              f("agents/mcp/server.py", 1841, f"{owner}.cleanup"), f("app/app.py", 20, "teardown")]
     assert culprit(opener, closer) == f"agents/mcp/server.py:1395 in {owner}.connect"
 
 
 def test_the_applications_own_connect_and_cleanup() -> None:
     """The user mistake with the mcp SDK: the culprit is the application's code."""
-    opener = [
-        f("mcp/shared/session.py", 223, "BaseSession.__aenter__"),
-        STACK_ENTER,
-        f("app/client.py", 79, "ToolClient.connect"),
-        f("app/main.py", 30, "start"),
-    ]
-    closer = [
-        f("mcp/shared/session.py", 238, "BaseSession.__aexit__"),
-        STACK_EXIT,
-        f("app/client.py", 90, "ToolClient.cleanup"),
-        f("app/main.py", 40, "stop"),
-    ]
+    opener = [f("mcp/shared/session.py", 223, "BaseSession.__aenter__"), STACK_ENTER,
+              f("app/client.py", 79, "ToolClient.connect"), f("app/main.py", 30, "start")]
+    closer = [f("mcp/shared/session.py", 238, "BaseSession.__aexit__"), STACK_EXIT,
+              f("app/client.py", 90, "ToolClient.cleanup"), f("app/main.py", 40, "stop")]
     assert culprit(opener, closer) == "app/client.py:79 in ToolClient.connect"
 
 
@@ -159,10 +128,8 @@ def test_a_ref_counted_connection_used_with_async_with_by_each_task(tmp_path) ->
     """Each side used the context manager in a with block of its own (read from
     the source): the context manager carried the scope, not its callers."""
     source = tmp_path / "calls.py"
-    source.write_text(
-        "async def a(conn):\n    async with conn:\n        pass\n\n"
-        "async def b(conn):\n    async with conn:\n        pass\n"
-    )
+    source.write_text("async def a(conn):\n    async with conn:\n        pass\n\n"
+                      "async def b(conn):\n    async with conn:\n        pass\n")
     path = str(source)
     opener = [f("pydantic_ai/mcp.py", 12, "MCPServer.__aenter__"), f(path, 2, "a")]
     closer = [f("pydantic_ai/mcp.py", 19, "MCPServer.__aexit__"), f(path, 6, "b")]
@@ -171,16 +138,11 @@ def test_a_ref_counted_connection_used_with_async_with_by_each_task(tmp_path) ->
 
 def test_claude_agent_sdk_splits_its_own_task_group() -> None:
     """The library delegated itself (Query.start/close) and nothing outside breaks."""
-    opener = [
-        f("claude_agent_sdk/_internal/query.py", 170, "Query.start"),
-        f("claude_agent_sdk/_internal/client.py", 120, "process_query", gen=True),
-        f("claude_agent_sdk/query.py", 90, "query", gen=True),
-        f("app/main.py", 12, "main"),
-    ]
-    closer = [
-        f("claude_agent_sdk/_internal/query.py", 666, "Query.close"),
-        f("claude_agent_sdk/_internal/client.py", 145, "process_query", gen=True),
-    ]
+    opener = [f("claude_agent_sdk/_internal/query.py", 170, "Query.start"),
+              f("claude_agent_sdk/_internal/client.py", 120, "process_query", gen=True),
+              f("claude_agent_sdk/query.py", 90, "query", gen=True), f("app/main.py", 12, "main")]
+    closer = [f("claude_agent_sdk/_internal/query.py", 666, "Query.close"),
+              f("claude_agent_sdk/_internal/client.py", 145, "process_query", gen=True)]
     assert culprit(opener, closer) == "claude_agent_sdk/_internal/query.py:170 in Query.start"
 
 
@@ -205,18 +167,10 @@ def test_a_fixture_under_pytest_asyncio() -> None:
     runner_setup = f("pytest_asyncio/plugin.py", 410, "_wrap.<locals>.setup")
     runner_teardown = f("pytest_asyncio/plugin.py", 423, "_wrap.<locals>.finalizer.<locals>.fin")
     fixture = f("app/test_x.py", 66, "http_client", gen=True)
-    opener = [
-        f("app/test_x.py", 39, "WorkerTransport.__aenter__"),
-        f("httpx/_client.py", 2002, "AsyncClient.__aenter__"),
-        fixture,
-        runner_setup,
-    ]
-    closer = [
-        f("app/test_x.py", 46, "WorkerTransport.__aexit__"),
-        f("httpx/_client.py", 2016, "AsyncClient.__aexit__"),
-        fixture,
-        runner_teardown,
-    ]
+    opener = [f("app/test_x.py", 39, "WorkerTransport.__aenter__"),
+              f("httpx/_client.py", 2002, "AsyncClient.__aenter__"), fixture, runner_setup]
+    closer = [f("app/test_x.py", 46, "WorkerTransport.__aexit__"),
+              f("httpx/_client.py", 2016, "AsyncClient.__aexit__"), fixture, runner_teardown]
     found = culprit(opener, closer, fixture=Fixture("http_client", "pytest-asyncio"))
     assert found == "app/test_x.py:66 in http_client"
     # The orphan warning of the setup task, from its stack alone: the same.
@@ -232,26 +186,17 @@ def test_anyio_4_14_0s_test_runner() -> None:
 
 
 def test_never_anyio_asyncio_trio_or_contextlib() -> None:
-    opener = [
-        f("anyio/_backends/_asyncio.py", 821, "TaskGroup.__aenter__"),
-        f("app/a.py", 5, "open_it"),
-        Frame(ASYNCIO_TASKS, 300, "step", 1, 0),
-    ]
-    closer = [
-        f("anyio/_backends/_asyncio.py", 877, "TaskGroup.__aexit__"),
-        f("app/b.py", 9, "close_it"),
-    ]
+    opener = [f("anyio/_backends/_asyncio.py", 821, "TaskGroup.__aenter__"),
+              f("app/a.py", 5, "open_it"), Frame(ASYNCIO_TASKS, 300, "step", 1, 0)]
+    closer = [f("anyio/_backends/_asyncio.py", 877, "TaskGroup.__aexit__"),
+              f("app/b.py", 9, "close_it")]
     assert culprit(opener, closer) == "app/a.py:5 in open_it"
 
 
 def test_the_scope_in_the_way_was_left_open_by_an_abandoned_generator() -> None:
     """not_innermost: the generator's move_on_after is still open; its stack decides."""
-    blocker = [
-        f("anyio/_core/_tasks.py", 149, "fail_at"),
-        CM_ENTER,
-        f("app/gen.py", 10, "ticks", gen=True),
-        f("app/gen.py", 20, "consumer"),
-    ]
+    blocker = [f("anyio/_core/_tasks.py", 149, "fail_at"), CM_ENTER,
+               f("app/gen.py", 10, "ticks", gen=True), f("app/gen.py", 20, "consumer")]
     opener = [f("app/gen.py", 18, "consumer")]
     closer = [f("app/gen.py", 25, "consumer")]
     assert culprit(opener, closer, blocker=blocker) == "app/gen.py:20 in consumer"
@@ -259,48 +204,29 @@ def test_the_scope_in_the_way_was_left_open_by_an_abandoned_generator() -> None:
 
 def test_the_scope_in_the_way_is_a_with_block_still_running() -> None:
     """The exit happens inside a with block entered later: the exit is misplaced."""
-    blocker = [
-        f("anyio/_core/_tasks.py", 149, "fail_at"),
-        CM_ENTER,
-        f("app/demo.py", 159, "call_in_timeout", first=150),
-    ]
-    opener = [
-        f("app/conn.py", 112, "Shared.__aenter__"),
-        f("app/demo.py", 158, "call_in_timeout", first=150),
-    ]
-    closer = [
-        f("app/conn.py", 120, "Shared.__aexit__"),
-        f("app/demo.py", 161, "call_in_timeout", first=150),
-    ]
+    blocker = [f("anyio/_core/_tasks.py", 149, "fail_at"), CM_ENTER,
+               f("app/demo.py", 159, "call_in_timeout", first=150)]
+    opener = [f("app/conn.py", 112, "Shared.__aenter__"), f("app/demo.py", 158, "call_in_timeout", first=150)]
+    closer = [f("app/conn.py", 120, "Shared.__aexit__"), f("app/demo.py", 161, "call_in_timeout", first=150)]
     found = culprit(opener, closer, blocker=blocker, same_task=True)
     assert found == "app/conn.py:112 in Shared.__aenter__"
 
 
 def test_a_task_group_child_that_leaked_a_scope() -> None:
     """anyio >= 4.14's wrapper scope is anyio's: the child's leaked scope decides."""
-    blocker = [
-        f("app/child.py", 53, "leaky_child"),
-        f("anyio/_core/_tasks.py", 327, "TaskHandle._run_coro"),
-    ]
+    blocker = [f("app/child.py", 53, "leaky_child"), f("anyio/_core/_tasks.py", 327, "TaskHandle._run_coro")]
     opener = [f("anyio/_core/_tasks.py", 325, "TaskHandle._run_coro")]
     closer = [f("anyio/_core/_tasks.py", 325, "TaskHandle._run_coro")]
-    assert (
-        culprit(opener, closer, blocker=blocker, same_task=True) == "app/child.py:53 in leaky_child"
-    )
+    assert culprit(opener, closer, blocker=blocker, same_task=True) == "app/child.py:53 in leaky_child"
 
 
 def test_an_orphan_of_a_library_used_without_a_with_block() -> None:
     """One stack: the first frame outside the library, past its CM generators."""
-    opener = [
-        f("mcp/shared/session.py", 208, "BaseSession.__aenter__"),
-        f("mcp/client/stdio/__init__.py", 182, "stdio_client", gen=True),
-        CM_ENTER,
-        f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True),
-        CM_ENTER,
-        STACK_ENTER,
-        f("fastmcp/client/client.py", 250, "Client.__aenter__"),
-        f("app/driver.py", 135, "task_a"),
-    ]
+    opener = [f("mcp/shared/session.py", 208, "BaseSession.__aenter__"),
+              f("mcp/client/stdio/__init__.py", 182, "stdio_client", gen=True), CM_ENTER,
+              f("fastmcp/client/client.py", 226, "Client._context_manager", gen=True), CM_ENTER,
+              STACK_ENTER, f("fastmcp/client/client.py", 250, "Client.__aenter__"),
+              f("app/driver.py", 135, "task_a")]
     assert culprit(opener) == "fastmcp/client/client.py:250 in Client.__aenter__"
 
 
@@ -309,18 +235,10 @@ def test_one_client_shared_by_two_runs_of_a_request_handler() -> None:
     same Client (the same frames at the same line: two calls, not one frame)."""
     handler_a = f("fastmcp/server/proxy.py", 254, "FastMCPProxy._mcp_call_tool")
     handler_b = f("fastmcp/server/proxy.py", 254, "FastMCPProxy._mcp_call_tool")
-    opener = [
-        f("mcp/shared/session.py", 208, "BaseSession.__aenter__"),
-        STACK_ENTER,
-        f("fastmcp/client/client.py", 250, "Client.__aenter__"),
-        handler_a,
-    ]
-    closer = [
-        f("mcp/shared/session.py", 223, "BaseSession.__aexit__"),
-        STACK_EXIT,
-        f("fastmcp/client/client.py", 265, "Client.__aexit__"),
-        handler_b,
-    ]
+    opener = [f("mcp/shared/session.py", 208, "BaseSession.__aenter__"), STACK_ENTER,
+              f("fastmcp/client/client.py", 250, "Client.__aenter__"), handler_a]
+    closer = [f("mcp/shared/session.py", 223, "BaseSession.__aexit__"), STACK_EXIT,
+              f("fastmcp/client/client.py", 265, "Client.__aexit__"), handler_b]
     assert culprit(opener, closer) == "fastmcp/client/client.py:250 in Client.__aenter__"
 
 
@@ -328,13 +246,10 @@ def test_a_library_that_closes_in_a_task_it_started() -> None:
     """mcp's ClientSessionGroup closes a session's exit stack in a child task:
     the closing stack is only the session's exit; the group's method that
     entered it is the culprit, not the session (a context manager's halves)."""
-    opener = [
-        f("mcp/shared/session.py", 223, "BaseSession.__aenter__"),
-        STACK_ENTER,
-        f("mcp/client/session_group.py", 330, "ClientSessionGroup._establish_session"),
-        f("mcp/client/session_group.py", 289, "ClientSessionGroup.connect_to_server"),
-        f("app/main.py", 77, "external_stack"),
-    ]
+    opener = [f("mcp/shared/session.py", 223, "BaseSession.__aenter__"), STACK_ENTER,
+              f("mcp/client/session_group.py", 330, "ClientSessionGroup._establish_session"),
+              f("mcp/client/session_group.py", 289, "ClientSessionGroup.connect_to_server"),
+              f("app/main.py", 77, "external_stack")]
     closer = [f("mcp/shared/session.py", 238, "BaseSession.__aexit__"), STACK_EXIT]
     found = culprit(opener, closer)
     assert found == "mcp/client/session_group.py:330 in ClientSessionGroup._establish_session"

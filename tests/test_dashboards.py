@@ -39,15 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 EXAMPLE = ROOT / "examples" / "flaky_500"
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-NEEDED = (
-    "yaml",
-    "opentelemetry.semconv",
-    "opentelemetry.exporter.prometheus",
-    "opentelemetry.sdk",
-    "starlette",
-    "uvicorn",
-    "httpx",
-)
+NEEDED = ("yaml", "opentelemetry.semconv", "opentelemetry.exporter.prometheus",
+          "opentelemetry.sdk", "starlette", "uvicorn", "httpx")
 
 
 def _missing(module: str) -> bool:
@@ -67,18 +60,15 @@ def skip_or_fail(message: str) -> None:
 def example_dependencies() -> None:
     missing = [m for m in NEEDED if _missing(m)]
     if missing:
-        skip_or_fail(
-            f"the example's dependencies are not installed (missing: {', '.join(missing)});"
-            " install them with: pip install -e '.[test,example]'"
-        )
+        skip_or_fail(f"the example's dependencies are not installed (missing: {', '.join(missing)});"
+                     " install them with: pip install -e '.[test,example]'")
 
 
 @pytest.fixture(scope="module")
 def gen():
     """dashboards/generate.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "scopetrace_dashboards_generate", DASHBOARDS / "generate.py"
-    )
+    spec = importlib.util.spec_from_file_location("scopetrace_dashboards_generate",
+                                                  DASHBOARDS / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -110,10 +100,8 @@ def load_harness() -> Any:
 def prometheus_binaries() -> tuple[str, str]:
     found = load_harness().find_prometheus()
     if found is None:
-        skip_or_fail(
-            "prometheus/promtool not found on PATH; run .ci/install-prometheus.sh "
-            "(Debian package 'prometheus')"
-        )
+        skip_or_fail("prometheus/promtool not found on PATH; run .ci/install-prometheus.sh "
+                     "(Debian package 'prometheus')")
     return found
 
 
@@ -173,35 +161,10 @@ def allowed_prometheus_names(gen) -> set[str]:
 
 #: The PromQL language itself (functions, aggregations, keywords) used here.
 PROMQL_WORDS = {
-    "sum",
-    "count",
-    "max",
-    "min",
-    "avg",
-    "group",
-    "topk",
-    "bottomk",
-    "by",
-    "without",
-    "rate",
-    "increase",
-    "irate",
-    "max_over_time",
-    "min_over_time",
-    "clamp_max",
-    "clamp_min",
-    "and",
-    "or",
-    "unless",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "offset",
-    "bool",
-    "label_replace",
-    "label_values",
-    "__name__",
+    "sum", "count", "max", "min", "avg", "group", "topk", "bottomk", "by", "without",
+    "rate", "increase", "irate", "max_over_time", "min_over_time", "clamp_max", "clamp_min",
+    "and", "or", "unless", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+    "label_replace", "label_values", "__name__",
 }
 
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$__interval": "5s", "$job": ".*"}
@@ -233,13 +196,8 @@ def dashboard_promql(dashboard: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(where, expression, instant) for every Prometheus target and variable query."""
     found = []
     for panel, target in targets(dashboard, "prometheus"):
-        found.append(
-            (
-                f"panel {panel['id']} {panel['title']!r} {target['refId']}",
-                target["expr"],
-                bool(target.get("instant")),
-            )
-        )
+        found.append((f"panel {panel['id']} {panel['title']!r} {target['refId']}",
+                      target["expr"], bool(target.get("instant"))))
     return found
 
 
@@ -264,11 +222,9 @@ def test_generated_files_equal_the_generators_output(gen):
 
     rendered = gen.render()
     assert gen.DASHBOARD_PATH.read_text() == rendered[gen.DASHBOARD_PATH], (
-        "dashboards/grafana/*.json is stale: run python dashboards/generate.py"
-    )
+        "dashboards/grafana/*.json is stale: run python dashboards/generate.py")
     assert yaml.safe_load(gen.RULES_PATH.read_text()) == yaml.safe_load(rendered[gen.RULES_PATH]), (
-        "dashboards/prometheus/*.rules.yml is stale: run python dashboards/generate.py"
-    )
+        "dashboards/prometheus/*.rules.yml is stale: run python dashboards/generate.py")
 
 
 def test_panel_ids_are_unique(dashboard):
@@ -290,9 +246,8 @@ def test_grid_positions_fit_and_do_not_overlap(dashboard):
 
 
 def test_every_datasource_is_a_template_variable(dashboard):
-    variables = {
-        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "datasource"
-    }
+    variables = {v["name"]: v["query"] for v in dashboard["templating"]["list"]
+                 if v["type"] == "datasource"}
     assert set(variables.values()) == {"prometheus", "tempo"}
     seen = 0
     for path, key, value in walk(dashboard):
@@ -321,19 +276,11 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard, gen):
     assert titles["Top closer sites (recent traces)"]["type"] == "table"
     recent = titles["Recent violation traces"]
     query = recent["targets"][0]["query"]
-    for key in (
-        semconv.OPENER_TASK_NAME,
-        semconv.OPENER_SITE,
-        semconv.CLOSER_TASK_NAME,
-        semconv.CLOSER_SITE,
-    ):
+    for key in (semconv.OPENER_TASK_NAME, semconv.OPENER_SITE, semconv.CLOSER_TASK_NAME,
+                semconv.CLOSER_SITE):
         assert f"span.{key}" in query
-    links = [
-        prop["value"]
-        for o in recent["fieldConfig"]["overrides"]
-        for prop in o["properties"]
-        if prop["id"] == "links"
-    ]
+    links = [prop["value"] for o in recent["fieldConfig"]["overrides"]
+             for prop in o["properties"] if prop["id"] == "links"]
     assert links and "${__value.raw}" in links[0][0]["url"]
     row_titles = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert "Are our 500s this bug?" in row_titles
@@ -351,10 +298,8 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard, gen):
     top = titles["Top culprit packages"]
     assert top["type"] == "table"
     assert all(f'{gen.PACKAGE}!=""' in t["expr"] for t in top["targets"])
-    assert (
-        f"topk({gen.TOP_PACKAGES}, sum by ({gen.PACKAGE}, {gen.PACKAGE_VERSION})"
-        in (top["targets"][0]["expr"])
-    )
+    assert f"topk({gen.TOP_PACKAGES}, sum by ({gen.PACKAGE}, {gen.PACKAGE_VERSION})" in (
+        top["targets"][0]["expr"])
     # ... and the line to fix, from the spans (the culprit site is not a label).
     sites = titles["Top culprit sites (recent traces)"]
     assert f"span.{semconv.CULPRIT_SITE}" in sites["targets"][0]["query"]
@@ -362,12 +307,9 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard, gen):
 
 def test_rules_have_the_alerts_the_issue_asks_for(gen, rules):
     alerts = dict(rule_exprs(rules))
-    assert set(alerts) == {
-        "AnyioCancelScopeNewViolationSite",
-        "AnyioCancelScopeNewCulpritPackage",
-        "AnyioCancelScopeViolationRateHigh",
-        "AnyioCancelScopeViolationsWithHttp5xx",
-    }
+    assert set(alerts) == {"AnyioCancelScopeNewViolationSite", "AnyioCancelScopeNewCulpritPackage",
+                           "AnyioCancelScopeViolationRateHigh",
+                           "AnyioCancelScopeViolationsWithHttp5xx"}
     new_package = alerts["AnyioCancelScopeNewCulpritPackage"]
     # Like the new-site rule: present now, absent from the day before; libraries
     # only (the application's own new culprits are new opener sites).
@@ -391,12 +333,10 @@ def test_sanitize_names_like_the_otel_prometheus_exporter(gen):
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
     meter = provider.get_meter("test")
     meter.create_counter(semconv.VIOLATIONS_METRIC, unit="{violation}").add(
-        1, {key: "x" for key in semconv.METRIC_ATTRIBUTES}
-    )
+        1, {key: "x" for key in semconv.METRIC_ATTRIBUTES})
     # "s": the unit the semantic conventions give http.server.request.duration.
     meter.create_histogram(HTTP_SERVER_REQUEST_DURATION, unit="s").record(
-        0.1, {HTTP_RESPONSE_STATUS_CODE: 500}
-    )
+        0.1, {HTTP_RESPONSE_STATUS_CODE: 500})
     text = generate_latest(registry).decode()
     provider.shutdown()
 
@@ -419,12 +359,9 @@ def test_every_promql_name_is_derived_from_a_constant(gen, dashboard, rules):
     for where, expr, _ in exprs:
         assert not unknown_promql_names(gen, expr), f"{where}: {expr}"
     # ... and the check has teeth: a hand-typed near-miss is caught.
-    assert unknown_promql_names(
-        gen,
-        "sum by (anyio_cancel_scope_violation_kinds) "
-        "(rate(anyio_cancel_scope_violations_total[5m]))",
-    )
-    assert unknown_promql_names(gen, "sum(rate(http_server_duration_milliseconds_count[5m]))")
+    assert unknown_promql_names(gen, "sum by (anyio_cancel_scope_violation_kinds) "
+                                     "(rate(anyio_cancel_scope_violations_total[5m]))")
+    assert unknown_promql_names(gen, 'sum(rate(http_server_duration_milliseconds_count[5m]))')
 
 
 def test_promql_labels_are_the_counters_labels(gen, dashboard, rules):
@@ -465,16 +402,8 @@ def test_every_traceql_name_is_a_constant(dashboard):
 
     # Field names the Tempo tables rename, group or order by: span attribute keys
     # (constants) or the Tempo data source's own columns.
-    tempo_columns = {
-        "traceIdHidden",
-        "traceService",
-        "traceName",
-        "spanID",
-        "time",
-        "name",
-        "duration",
-        "spanID (count)",
-    }
+    tempo_columns = {"traceIdHidden", "traceService", "traceName", "spanID", "time", "name",
+                     "duration", "spanID (count)"}
     for panel, _ in targets(dashboard, "tempo"):
         fields: set[str] = set()
         for t in panel.get("transformations", []):
@@ -516,9 +445,7 @@ def test_collector_config_routes_otlp_to_traces_backend_and_prometheus(gen):
     assert {"otlp/tempo", "otlp/jaeger"} <= set(config["exporters"])
     assert pipelines["metrics"]["exporters"] == ["prometheus"]
     # The job label must come from service.name (see the dashboard's service variable).
-    assert config["exporters"]["prometheus"]["resource_to_telemetry_conversion"] == {
-        "enabled": False
-    }
+    assert config["exporters"]["prometheus"]["resource_to_telemetry_conversion"] == {"enabled": False}
 
 
 def test_example_prometheus_config_and_grafana_provisioning():
@@ -543,12 +470,8 @@ def test_example_prometheus_config_and_grafana_provisioning():
 
 def test_promtool_accepts_the_rules(gen, rules, prometheus_binaries):
     _, promtool = prometheus_binaries
-    out = subprocess.run(
-        [promtool, "check", "rules", str(gen.RULES_PATH)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = subprocess.run([promtool, "check", "rules", str(gen.RULES_PATH)],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(rule_exprs(rules))} rules found" in out.stdout
 
@@ -599,20 +522,15 @@ def import_connections_from(service: Any, site: Path, harness: Any) -> None:
     scopetrace as the service's activation does, is all that differs.
     """
     script = service.argv.index(str(harness.SERVICE))
-    install = (
-        "import scopetrace; scopetrace.install(); " if service.activation == "launcher" else ""
-    )
-    preload = (
-        f"import runpy, sys; {install}sys.path.insert(0, {str(site)!r}); "
-        "import connections; sys.argv = sys.argv[1:]; "
-        "runpy.run_path(sys.argv[0], run_name='__main__')"
-    )
+    install = "import scopetrace; scopetrace.install(); " if service.activation == "launcher" else ""
+    preload = (f"import runpy, sys; {install}sys.path.insert(0, {str(site)!r}); "
+               "import connections; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
     service.argv = [sys.executable, "-c", preload, *service.argv[script:]]
 
 
-def test_every_query_returns_data_from_a_real_prometheus(
-    gen, dashboard, rules, prometheus_binaries, tmp_path
-):
+def test_every_query_returns_data_from_a_real_prometheus(gen, dashboard, rules, prometheus_binaries,
+                                                         tmp_path):
     """Prometheus scrapes the example under load; every dashboard and rule query has data.
 
     Two services, two jobs: APP_JOB is the example as it is (the culprit of its
@@ -634,16 +552,12 @@ def test_every_query_returns_data_from_a_real_prometheus(
     with app, library:
         config = harness.prometheus_config(
             {job: f"127.0.0.1:{s.metrics_port}" for job, s in jobs.items()},
-            interval="1s",
-            rule_files=[gen.RULES_PATH],
-        )
+            interval="1s", rule_files=[gen.RULES_PATH])
         with harness.Prometheus(config, binary=prometheus_bin) as prom:
             # Load across several scrapes, so every rate() has increases to see.
             with ThreadPoolExecutor(len(jobs)) as pool:
-                running = {
-                    job: pool.submit(harness.run_load, s.url, "--duration", "6", "-c", "6")
-                    for job, s in jobs.items()
-                }
+                running = {job: pool.submit(harness.run_load, s.url, "--duration", "6", "-c", "6")
+                           for job, s in jobs.items()}
                 loads = {job: future.result() for job, future in running.items()}
             for load in loads.values():
                 assert load["500"] > 0 and load["500"] == load["requests"], loads
@@ -656,10 +570,8 @@ def test_every_query_returns_data_from_a_real_prometheus(
             expected = {name: {job: loads[job]["500"] for job in jobs} for name in totals}
 
             def counts() -> dict[str, dict[str, float]]:
-                return {
-                    name: {r["metric"][gen.JOB]: float(r["value"][1]) for r in prom.query(q)}
-                    for name, q in totals.items()
-                }
+                return {name: {r["metric"][gen.JOB]: float(r["value"][1]) for r in prom.query(q)}
+                        for name, q in totals.items()}
 
             deadline = time.monotonic() + 15
             while (seen := counts()) != expected:
@@ -672,14 +584,10 @@ def test_every_query_returns_data_from_a_real_prometheus(
             # code (an empty label, which Prometheus stores as none), the
             # distribution and its version for the installed module.
             culprits = {
-                (
-                    r["metric"][gen.JOB],
-                    r["metric"].get(gen.PACKAGE, ""),
-                    r["metric"].get(gen.PACKAGE_VERSION, ""),
-                )
-                for r in prom.query(
-                    f"group by ({gen.JOB}, {gen.PACKAGE}, {gen.PACKAGE_VERSION}) ({gen.VIOLATIONS})"
-                )
+                (r["metric"][gen.JOB], r["metric"].get(gen.PACKAGE, ""),
+                 r["metric"].get(gen.PACKAGE_VERSION, ""))
+                for r in prom.query(f"group by ({gen.JOB}, {gen.PACKAGE}, {gen.PACKAGE_VERSION}) "
+                                    f"({gen.VIOLATIONS})")
             }
             assert culprits == {(APP_JOB, "", ""), (LIBRARY_JOB, *LIBRARY)}, culprits
 
@@ -690,11 +598,8 @@ def test_every_query_returns_data_from_a_real_prometheus(
                 if instant:
                     data = prom.query(query)
                 else:
-                    data = [
-                        s
-                        for s in prom.query_range(query, seconds=60)
-                        if any(v[1] != "NaN" for v in s["values"])
-                    ]
+                    data = [s for s in prom.query_range(query, seconds=60)
+                            if any(v[1] != "NaN" for v in s["values"])]
                 results[where] = data
                 if not data:
                     empty.append(f"{where}: {query}")
@@ -707,26 +612,21 @@ def test_every_query_returns_data_from_a_real_prometheus(
                 if not prom.query(expr):
                     empty.append(f"rule {name}: {expr}")
             assert not empty, "queries without data:\n" + "\n".join(empty)
-            print(
-                f"PromQL expressions with data: {len(results)} dashboard targets, "
-                f"{len(variable_queries(dashboard))} variable, {len(rule_exprs(rules))} rules"
-            )
+            print(f"PromQL expressions with data: {len(results)} dashboard targets, "
+                  f"{len(variable_queries(dashboard))} variable, {len(rule_exprs(rules))} rules")
 
             # The per-package panels say whose code it is.
             def panel(title: str, ref: str = "A") -> list[dict[str, Any]]:
                 [data] = [d for w, d in results.items() if f"{title!r} {ref}" in w]
                 return data
 
-            by_package = {
-                (s["metric"][gen.PACKAGE], s["metric"].get(gen.PACKAGE_VERSION, ""))
-                for s in panel("Violation rate by culprit package and version")
-            }
+            by_package = {(s["metric"][gen.PACKAGE], s["metric"].get(gen.PACKAGE_VERSION, ""))
+                          for s in panel("Violation rate by culprit package and version")}
             assert by_package == {(gen.APPLICATION, ""), LIBRARY}, by_package
             for ref in "ABC":  # violations, services, opener sites: the library alone
                 rows = panel("Top culprit packages", ref)
-                assert [
-                    (r["metric"][gen.PACKAGE], r["metric"][gen.PACKAGE_VERSION]) for r in rows
-                ] == [LIBRARY], (ref, rows)
+                assert [(r["metric"][gen.PACKAGE], r["metric"][gen.PACKAGE_VERSION])
+                        for r in rows] == [LIBRARY], (ref, rows)
             assert [float(r["value"][1]) for r in panel("Top culprit packages", "B")] == [1]
 
             # The rules load and evaluate cleanly, and fire (or wait out their 'for').
@@ -738,8 +638,7 @@ def test_every_query_returns_data_from_a_real_prometheus(
                 loaded = [r for g in groups for r in g["rules"]]
                 states = {r["name"]: r["state"] for r in loaded}
                 if all(states.get(name) == "firing" for name in firing_now) and all(
-                    s in ("pending", "firing") for s in states.values()
-                ):
+                        s in ("pending", "firing") for s in states.values()):
                     break
                 time.sleep(0.5)
             assert {r["name"] for r in loaded} == {name for name, _ in rule_exprs(rules)}
@@ -751,11 +650,8 @@ def test_every_query_returns_data_from_a_real_prometheus(
             alerts = prom.api("alerts")["alerts"]
 
             def fired(alertname: str) -> dict[str, dict[str, str]]:
-                return {
-                    a["labels"]["job"]: a["labels"]
-                    for a in alerts
-                    if a["labels"]["alertname"] == alertname
-                }
+                return {a["labels"]["job"]: a["labels"] for a in alerts
+                        if a["labels"]["alertname"] == alertname}
 
             new_sites = fired("AnyioCancelScopeNewViolationSite")
             assert set(new_sites) == set(jobs), new_sites

@@ -72,10 +72,7 @@ def test_console_is_the_default_and_writes_the_report_on_stderr(
     scopetrace.install()
     violate()
     err = capfd.readouterr().err
-    assert (
-        err.count("scopetrace: anyio cancel scope violation: wrong_task (sibling_task) [incident ")
-        == 1
-    )
+    assert err.count("scopetrace: anyio cancel scope violation: wrong_task (sibling_task) [incident ") == 1
     assert "entered by: task" in err and "exited by:  task" in err
     assert "likely cause:" in err
 
@@ -147,9 +144,7 @@ def test_jsonl_unwritable_warns_once_and_falls_back_to_stderr(
 def _report(*args: str) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "scopetrace", "report", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -179,18 +174,12 @@ def test_report_summarises_by_kind_cause_and_site(no_providers: None, tmp_path: 
 
 def test_report_counts_what_the_rate_limit_held_back(tmp_path: Path) -> None:
     path = tmp_path / "v.jsonl"
-    base = {
-        semconv.VIOLATION_KIND: "wrong_task",
-        semconv.VIOLATION_CAUSE: "sibling_task",
-        semconv.OPENER_SITE: "a.py:1 in f",
-        semconv.CLOSER_SITE: "a.py:2 in g",
-    }
+    base = {semconv.VIOLATION_KIND: "wrong_task", semconv.VIOLATION_CAUSE: "sibling_task",
+            semconv.OPENER_SITE: "a.py:1 in f", semconv.CLOSER_SITE: "a.py:2 in g"}
     lines = [
         {_jsonl.TIME: "2026-01-01T00:00:00.000000Z", _jsonl.ATTRIBUTES: base},
-        {
-            _jsonl.TIME: "2026-01-01T00:00:01.000000Z",
-            _jsonl.ATTRIBUTES: {**base, semconv.SUPPRESSED: 40},
-        },
+        {_jsonl.TIME: "2026-01-01T00:00:01.000000Z",
+         _jsonl.ATTRIBUTES: {**base, semconv.SUPPRESSED: 40}},
     ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     code, out, _ = _report(str(path))
@@ -305,9 +294,7 @@ atexit.register(lambda: asyncio.run(shared_scope()))
 """
 
 
-def _run_exporting(
-    receiver: OtlpReceiver, program: str, *args: str
-) -> subprocess.CompletedProcess[str]:
+def _run_exporting(receiver: OtlpReceiver, program: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "SCOPETRACE_EXPORTER": "otlp",
@@ -338,8 +325,7 @@ def test_a_violation_in_an_atexit_handler_is_exported_by_the_running_sdk(
     _run_exporting(receiver, IN_ATEXIT, "warm")
     receiver.wait_for(
         lambda: True if len(receiver.spans_named(semconv.VIOLATION_SPAN)) == 2 else None,
-        timeout=5,
-        what="both violation spans",
+        timeout=5, what="both violation spans",
     )
     point = receiver.wait_for_point(semconv.VIOLATIONS_METRIC, timeout=5)
     assert point.value == 2
@@ -383,9 +369,7 @@ def test_an_unreachable_collector_delays_exit_only_by_the_otlp_timeout(tmp_path:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     env = {
-        **os.environ,
-        "SCOPETRACE_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
+        **os.environ, "SCOPETRACE_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
         "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
     }
     start = time.monotonic()
@@ -437,20 +421,13 @@ def test_a_collector_that_never_answers_or_refuses_bounds_exit(behaviour: str) -
         scopetrace.install()
         start = time.perf_counter()
         """
-    ) + programs.AT_SHUTDOWN.replace(
-        "asyncio.run(main())",
-        "asyncio.run(main())\nprint(f'violation {time.perf_counter() - start:.3f}')",
-    )
-    env = {
-        **os.environ,
-        "SCOPETRACE_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-    }
+    ) + programs.AT_SHUTDOWN.replace("asyncio.run(main())", "asyncio.run(main())\nprint(f'violation {time.perf_counter() - start:.3f}')")
+    env = {**os.environ, "SCOPETRACE_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
     try:
         start = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-c", timed], env=env, capture_output=True, text=True, timeout=60
-        )
+        proc = subprocess.run([sys.executable, "-c", timed], env=env, capture_output=True,
+                              text=True, timeout=60)
         elapsed = time.monotonic() - start
     finally:
         listener.close()
@@ -469,8 +446,7 @@ def test_report_groups_by_culprit_and_prints_the_advice_once(tmp_path: Path) -> 
 
     def line(site: str, package: str, version: str, with_advice: bool) -> str:
         attrs = {
-            semconv.VIOLATION_KIND: "wrong_task",
-            semconv.VIOLATION_CAUSE: "sibling_task",
+            semconv.VIOLATION_KIND: "wrong_task", semconv.VIOLATION_CAUSE: "sibling_task",
             semconv.OPENER_SITE: "mcp/shared/session.py:208 in BaseSession.__aenter__",
             semconv.CLOSER_SITE: "mcp/shared/session.py:223 in BaseSession.__aexit__",
             semconv.CULPRIT_SITE: site,
@@ -480,16 +456,8 @@ def test_report_groups_by_culprit_and_prints_the_advice_once(tmp_path: Path) -> 
             attrs[semconv.CULPRIT_PACKAGE_VERSION] = version
         if with_advice:
             attrs[semconv.ADVICE] = advice
-        return (
-            json.dumps(
-                {
-                    _jsonl.EVENT: "violation",
-                    _jsonl.TIME: "2026-01-01T00:00:00Z",
-                    _jsonl.ATTRIBUTES: attrs,
-                }
-            )
-            + "\n"
-        )
+        return json.dumps({_jsonl.EVENT: "violation", _jsonl.TIME: "2026-01-01T00:00:00Z",
+                           _jsonl.ATTRIBUTES: attrs}) + "\n"
 
     path = tmp_path / "v.jsonl"
     client = "fastmcp/client/client.py:250 in Client.__aenter__"

@@ -23,26 +23,16 @@ from scopetrace import semconv
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flaky_500"
 REQUESTS = 20
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-EXAMPLE_MODULES = (
-    "starlette",
-    "uvicorn",
-    "httpx",
-    "opentelemetry.sdk",
-    "opentelemetry.instrumentation.asgi",
-    "opentelemetry.exporter.prometheus",
-    "opentelemetry.exporter.otlp.proto.http",
-    "opentelemetry.proto",
-    "yaml",
-)
+EXAMPLE_MODULES = ("starlette", "uvicorn", "httpx", "opentelemetry.sdk",
+                   "opentelemetry.instrumentation.asgi", "opentelemetry.exporter.prometheus",
+                   "opentelemetry.exporter.otlp.proto.http", "opentelemetry.proto", "yaml")
 
 
 def require_example_dependencies() -> None:
     missing = [m for m in EXAMPLE_MODULES if _missing(m)]
     if missing:
-        message = (
-            "the example's dependencies are not installed (missing: "
-            f"{', '.join(missing)}); install them with: pip install -e '.[test,example]'"
-        )
+        message = ("the example's dependencies are not installed (missing: "
+                   f"{', '.join(missing)}); install them with: pip install -e '.[test,example]'")
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -95,9 +85,7 @@ SPAN_KIND_SERVER = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SER
 def server_spans(spans):
     from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
-    return [
-        s for s in spans if s.kind == SPAN_KIND_SERVER and HTTP_RESPONSE_STATUS_CODE in s.attributes
-    ]
+    return [s for s in spans if s.kind == SPAN_KIND_SERVER and HTTP_RESPONSE_STATUS_CODE in s.attributes]
 
 
 def status(span) -> int:
@@ -115,22 +103,17 @@ def violation_count(metrics_text: str) -> float:
     from opentelemetry.exporter.prometheus._mapping import sanitize_full_name
 
     name = sanitize_full_name(semconv.VIOLATIONS_METRIC) + "_total"
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics_text, re.M)
-    )
+    return sum(float(m.group(1)) for m in
+               re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics_text, re.M))
 
 
 def test_buggy_service_every_500_trace_holds_the_violation_span(example, activation):
     from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
     harness, otlp_sink = example
-    with (
-        otlp_sink.TraceSink() as sink,
-        harness.Service(
-            fixed=False, activation=activation, otlp_endpoint=sink.endpoint, latency="staggered"
-        ) as service,
-    ):
+    with otlp_sink.TraceSink() as sink, harness.Service(
+        fixed=False, activation=activation, otlp_endpoint=sink.endpoint, latency="staggered"
+    ) as service:
         result = harness.run_load(service.url, "-n", str(REQUESTS), "-c", "10")
         assert result["requests"] == REQUESTS, result
         assert result["500"] == REQUESTS, (result, service.log()[-3000:])
@@ -173,12 +156,9 @@ def test_buggy_service_every_500_trace_holds_the_violation_span(example, activat
 
 def test_fixed_service_gives_no_errors_and_no_violation_spans(example, activation):
     harness, otlp_sink = example
-    with (
-        otlp_sink.TraceSink() as sink,
-        harness.Service(
-            fixed=True, activation=activation, otlp_endpoint=sink.endpoint, latency="staggered"
-        ) as service,
-    ):
+    with otlp_sink.TraceSink() as sink, harness.Service(
+        fixed=True, activation=activation, otlp_endpoint=sink.endpoint, latency="staggered"
+    ) as service:
         result = harness.run_load(service.url, "-n", str(REQUESTS), "-c", "10")
         spans = sink.wait_for(lambda s: len(server_spans(s)) >= REQUESTS, timeout=20)
         metrics_text = harness.http_get(service.metrics_url)[1].decode()
@@ -206,9 +186,7 @@ def test_load_script_only_targets_loopback(example):
 
     out = subprocess.run(
         [sys.executable, str(EXAMPLE / "load.py"), "--url", "http://192.0.2.1/ask", "-n", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     )
     assert out.returncode != 0 and "loopback" in out.stderr
 
@@ -219,25 +197,10 @@ def test_watch_script_runs_the_whole_demo(example, tmp_path):
 
     harness, _ = example
     out = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLE / "watch.py"),
-            "--duration",
-            "2",
-            "--latency",
-            "staggered",
-            "--no-prometheus",
-            "--interval",
-            "1",
-            "--port",
-            str(harness.free_port()),
-            "--metrics-port",
-            str(harness.free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        cwd=tmp_path,
+        [sys.executable, str(EXAMPLE / "watch.py"), "--duration", "2", "--latency", "staggered",
+         "--no-prometheus", "--interval", "1", "--port", str(harness.free_port()),
+         "--metrics-port", str(harness.free_port())],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     load = re.search(r"(\d+) requests in .*: (\d+) x HTTP 500", out.stdout)

@@ -30,11 +30,8 @@ def _interpreter() -> str | None:
 FT = _interpreter()
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        FT is None,
-        reason="no free-threaded interpreter (python3.14t, "
-        "python3.13t or SCOPETRACE_TEST_FT_PYTHON)",
-    ),
+    pytest.mark.skipif(FT is None, reason="no free-threaded interpreter (python3.14t, "
+                       "python3.13t or SCOPETRACE_TEST_FT_PYTHON)"),
 ]
 
 
@@ -43,19 +40,15 @@ def ft_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert FT is not None
     venv = tmp_path_factory.mktemp("ft") / "venv"
     subprocess.run([FT, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[trio]"], check=True, timeout=900
-    )
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[trio]"], check=True,
+                   timeout=900)
     return venv / "bin" / "python"
 
 
 def _run(python: Path, code: str, **env: str) -> str:
     proc = subprocess.run(
-        [str(python), "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
+        [str(python), "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        timeout=300, env={**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr
     assert "GIL" not in proc.stderr, proc.stderr  # "The global interpreter lock has been enabled"
@@ -63,29 +56,21 @@ def _run(python: Path, code: str, **env: str) -> str:
 
 
 def test_the_gil_stays_off_after_import(ft_venv: Path) -> None:
-    out = _run(
-        ft_venv,
-        """
+    out = _run(ft_venv, """
         import sys, scopetrace, scopetrace._record as r
         print(sys._is_gil_enabled(), r.ACCELERATED)
-    """,
-    )
+    """)
     assert out == "False True"
 
 
 def test_the_gil_stays_off_with_the_start_up_hook(ft_venv: Path) -> None:
-    out = _run(
-        ft_venv,
-        "import sys; print(sys._is_gil_enabled(), 'scopetrace' in sys.modules)",
-        SCOPETRACE="1",
-    )
+    out = _run(ft_venv, "import sys; print(sys._is_gil_enabled(), 'scopetrace' in sys.modules)",
+               SCOPETRACE="1")
     assert out == "False True"
 
 
 def test_four_loops_in_threads_without_the_gil(ft_venv: Path) -> None:
-    out = _run(
-        ft_venv,
-        """
+    out = _run(ft_venv, """
         import sys, threading, anyio, scopetrace
         from scopetrace._install import current_runtime
         scopetrace.install(exporter="none", max_open_scopes=1000)
@@ -126,6 +111,5 @@ def test_four_loops_in_threads_without_the_gil(ft_venv: Path) -> None:
         scopetrace.flush()
         runtime = current_runtime()
         print(sys._is_gil_enabled(), runtime.internal_errors, len(runtime.records) <= 1004)
-    """,
-    )
+    """)
     assert out == "False 0 True"

@@ -155,11 +155,8 @@ def test_a_keyword_that_is_no_option_is_a_programming_error() -> None:
 
 @pytest.mark.parametrize(
     ("keyword", "value", "accepted"),
-    [
-        ("stack_depth", -1, "an integer from 0 to 128"),
-        ("exporter", "zipkin", "one of console"),
-        ("rate_limit", float("nan"), "a number from 0 to 1e+09"),
-    ],
+    [("stack_depth", -1, "an integer from 0 to 128"), ("exporter", "zipkin", "one of console"),
+     ("rate_limit", float("nan"), "a number from 0 to 1e+09")],
 )
 def test_a_bad_keyword_value_raises(keyword: str, value: object, accepted: str) -> None:
     with pytest.raises(ValueError, match=re.escape(accepted)):

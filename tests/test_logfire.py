@@ -202,12 +202,8 @@ def run_child(*args: str) -> dict[str, Any]:
     for key in [k for k in env if k.startswith(("OTEL_", "LOGFIRE_"))]:
         env.pop(key)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
+        [sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env=env,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -241,9 +237,7 @@ def test_violation_span_is_a_child_of_the_request_span(spans: dict[str, Any]) ->
     assert attrs[semconv.VIOLATION_CAUSE] == "sibling_task"
     assert attrs[semconv.OPENER_TASK_NAME] == "tool-call-0"
     assert attrs[semconv.CLOSER_TASK_NAME] == "tool-call-3"
-    assert attrs[semconv.CULPRIT_SITE].endswith(
-        f"toolpool/pool.py:13 in {qualname('Pool.__aenter__')}"
-    )
+    assert attrs[semconv.CULPRIT_SITE].endswith(f"toolpool/pool.py:13 in {qualname('Pool.__aenter__')}")
     assert attrs[semconv.CULPRIT_PACKAGE] == "toolpool"
     assert attrs[semconv.CULPRIT_PACKAGE_VERSION] == "1.2.3"
     assert violation["status"] == "ERROR"
@@ -277,9 +271,7 @@ def test_orphan_warning_reads_as_a_warning(spans: dict[str, Any]) -> None:
     (orphan,) = [s for s in all_spans if s["name"] == semconv.ORPHANED_SPAN]
     attrs = orphan["attributes"]
     assert attrs[semconv.LOGFIRE_LEVEL_NUM] == 13  # warn
-    assert attrs[semconv.LOGFIRE_MSG].startswith(
-        "anyio cancel scope orphaned (early warning): fix "
-    )
+    assert attrs[semconv.LOGFIRE_MSG].startswith("anyio cancel scope orphaned (early warning): fix ")
     assert orphan["trace_id"] == request["trace_id"]
 
 
@@ -310,9 +302,7 @@ def test_documented_scrubbing_callback_keeps_every_attribute() -> None:
     run = run_child("--keep-scopetrace")["/session"]
     violation, _, _ = violation_and_request(run)
     attrs = violation["attributes"]
-    assert attrs[semconv.CULPRIT_SITE].endswith(
-        f"toolpool/session.py:13 in {qualname('Session.__aenter__')}"
-    )
+    assert attrs[semconv.CULPRIT_SITE].endswith(f"toolpool/session.py:13 in {qualname('Session.__aenter__')}")
     assert attrs[semconv.OPENER_SITE].endswith(f"in {qualname('Session.__aenter__')}")
     assert attrs[semconv.CLOSER_SITE].endswith(f"in {qualname('Session.__aexit__')}")
     assert not any(

@@ -55,8 +55,7 @@ def small_disk(tmp_path: Path) -> Any:
     mount.mkdir()
     proc = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
+        capture_output=True, text=True,
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): run as root")
@@ -124,9 +123,7 @@ def test_sigkill_during_a_storm_leaves_every_line_parseable(tmp_path: Path) -> N
     for _ in range(3):
         proc = subprocess.Popen(
             [sys.executable, "-c", program, str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         deadline = time.monotonic() + 30
@@ -136,21 +133,15 @@ def test_sigkill_during_a_storm_leaves_every_line_parseable(tmp_path: Path) -> N
         proc.wait(10)
     # One more writer after the last kill repairs whatever it left.
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
+        [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             sys.path.insert(0, {str(ROOT)!r})
             import scopetrace
             from tests import scenarios
             scopetrace.install(exporter="jsonl", jsonl_path={str(path)!r})
             scenarios.run(scenarios.sibling_gather, ("asyncio", {{}}))
-        """),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        """)],
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     data = path.read_bytes()
@@ -222,9 +213,7 @@ def test_held_back_counts_reach_the_jsonl_file_and_the_report(
     assert held and sum(r[_jsonl.COUNT] for r in held) > 0
     proc = subprocess.run(
         [sys.executable, "-m", "scopetrace", "report", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("scopetrace report: 5 violation(s)")
@@ -264,10 +253,7 @@ def test_the_first_violation_never_builds_the_sdk_on_the_loops_thread(tmp_path: 
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
     proc = subprocess.run(
         [sys.executable, "-c", FIRST_VIOLATION.format(root=str(ROOT))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+        capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     importers, caught = proc.stdout.split("] ")
@@ -332,23 +318,15 @@ def _report(path: Path, *pipe: str) -> subprocess.CompletedProcess[str]:
     command = f"{sys.executable} -m scopetrace report {path}"
     if pipe:
         command += " | " + " ".join(pipe)
-    return subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                          text=True, timeout=60)
 
 
 def _good(**attrs: Any) -> dict[str, Any]:
-    base = {
-        semconv.VIOLATION_KIND: "wrong_task",
-        semconv.VIOLATION_CAUSE: "sibling_task",
-        semconv.OPENER_SITE: "a.py:1 in f",
-        semconv.CLOSER_SITE: "a.py:2 in g",
-    }
-    return {
-        _jsonl.EVENT: "violation",
-        _jsonl.TIME: "2026-01-01T00:00:00Z",
-        _jsonl.ATTRIBUTES: {**base, **attrs},
-    }
+    base = {semconv.VIOLATION_KIND: "wrong_task", semconv.VIOLATION_CAUSE: "sibling_task",
+            semconv.OPENER_SITE: "a.py:1 in f", semconv.CLOSER_SITE: "a.py:2 in g"}
+    return {_jsonl.EVENT: "violation", _jsonl.TIME: "2026-01-01T00:00:00Z",
+            _jsonl.ATTRIBUTES: {**base, **attrs}}
 
 
 def test_report_survives_any_file(tmp_path: Path) -> None:
@@ -378,11 +356,9 @@ def test_report_survives_any_file(tmp_path: Path) -> None:
 
 def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps(_good(**{semconv.OPENER_SITE: f"a.py:{i} in f"})) + "\n" for i in range(3000)
-        )
-    )
+    path.write_text("".join(
+        json.dumps(_good(**{semconv.OPENER_SITE: f"a.py:{i} in f"})) + "\n" for i in range(3000)
+    ))
     proc = _report(path, "head", "-n", "1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("scopetrace report:")
@@ -519,11 +495,8 @@ def test_warnings_as_errors_leave_tracing_on_with_defaults() -> None:
         "scopetrace.install(); print(scopetrace.is_installed(), current_options().stack_depth)"
     )
     proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
+        [sys.executable, "-W", "error", "-c", program], capture_output=True, text=True,
+        timeout=60, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "16"]
@@ -538,13 +511,8 @@ def test_empty_values_mean_the_default() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        options = resolve(
-            {},
-            environ={
-                f"SCOPETRACE_{f.upper()}": ""
-                for f in ("exception_notes", "stack_depth", "exporter", "rate_limit", "log_level")
-            },
-        )
+        options = resolve({}, environ={f"SCOPETRACE_{f.upper()}": "" for f in (
+            "exception_notes", "stack_depth", "exporter", "rate_limit", "log_level")})
     assert options == Options()
 
 

@@ -77,8 +77,7 @@ def test_seed_003_warns_before_the_violation(
     assert "(and 1 more report(s) of this incident)" in record.getMessage()
     assert "also: orphaned (early warning)" in record.scopetrace_report
     assert [a.get(semconv.VIOLATION_KIND) for a in record.scopetrace_reports] == [
-        None,
-        semconv.KIND_WRONG_TASK,
+        None, semconv.KIND_WRONG_TASK
     ]
     assert record.scopetrace_reports[0][semconv.OPENER_SITE] == attrs[semconv.OPENER_SITE]
     (violation,) = traced.finished(semconv.VIOLATION_SPAN)
@@ -268,7 +267,6 @@ def test_task_group_child_that_leaves_a_scope_open(backend: Any, traced: Any) ->
         assert traced.finished(semconv.VIOLATION_SPAN) == []
         (orphan,) = traced.finished(semconv.ORPHANED_SPAN)
         assert f"in {child_name}" in orphan.attributes[semconv.OPENER_SITE]
-
 
 def _our_callbacks(task: asyncio.Task[Any]) -> int:
     """How many of the task's done-callbacks are scopetrace's end check."""

@@ -149,10 +149,7 @@ def test_no_sdk_report_readable_on_stderr() -> None:
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
         cwd=str(__import__("pathlib").Path(__file__).parent.parent),
     )
     assert proc.returncode == 0, proc.stderr
@@ -219,11 +216,8 @@ def test_the_orphan_counter_follows_the_meter_in_use(telemetry: Telemetry) -> No
         data = reader.get_metrics_data()
         counted = [
             point.value
-            for rm in data.resource_metrics
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == semconv.ORPHANED_METRIC
-            for point in m.data.data_points
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == semconv.ORPHANED_METRIC for point in m.data.data_points
         ]
         assert counted == [1]  # the second orphan, on the application's provider
     finally:

@@ -114,23 +114,19 @@ def test_fails_tests_whose_violation_was_swallowed(pytester: pytest.Pytester) ->
     result = pytester.runpytest_subprocess("--scopetrace", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=4)
     for name in (
-        "test_gather_return_exceptions",
-        "test_never_retrieved",
-        "test_except_exception[asyncio]",
-        "test_except_exception[trio]",
+        "test_gather_return_exceptions", "test_never_retrieved",
+        "test_except_exception[asyncio]", "test_except_exception[trio]",
     ):
         assert f"FAILED test_app.py::{name} - scopetrace: 1 " in result.stdout.str()
     # The failure is the full report: both tasks, cause and both stacks.
-    result.stdout.fnmatch_lines(
-        [
-            "*scopetrace: 1 anyio cancel scope violation(s) during call*",
-            "*anyio cancel scope violation: wrong_task*",
-            "*entered by: task*",
-            "*exited by:  task*",
-            "*entering stack (most recent call last):*",
-            "*test_app.py*in *__aenter__*",
-        ]
-    )
+    result.stdout.fnmatch_lines([
+        "*scopetrace: 1 anyio cancel scope violation(s) during call*",
+        "*anyio cancel scope violation: wrong_task*",
+        "*entered by: task*",
+        "*exited by:  task*",
+        "*entering stack (most recent call last):*",
+        "*test_app.py*in *__aenter__*",
+    ])
     result.stdout.fnmatch_lines(["*= scopetrace =*", "*test_app.py::test_never_retrieved: 1 *"])
 
 
@@ -165,11 +161,9 @@ def test_warn_mode(pytester: pytest.Pytester, args: tuple[str, ...], ini: str) -
     # such as anyio 4.7's SyntaxWarning on Python 3.14, are not ours).
     text = result.stdout.str()
     assert text.count("ScopeTraceWarning: scopetrace: 1 anyio cancel scope violation(s)") == 4
-    result.stdout.fnmatch_lines(
-        [
-            "*ScopeTraceWarning: scopetrace: 1 anyio cancel scope violation(s) during call*",
-        ]
-    )
+    result.stdout.fnmatch_lines([
+        "*ScopeTraceWarning: scopetrace: 1 anyio cancel scope violation(s) during call*",
+    ])
 
 
 def test_allow_marker(pytester: pytest.Pytester) -> None:
@@ -185,8 +179,7 @@ def test_allow_marker(pytester: pytest.Pytester) -> None:
 
 def test_a_failing_test_gets_the_report_as_a_section(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_app=SWALLOWING
-        + """
+        test_app=SWALLOWING + '''
 
 def test_propagates():
     async def main():
@@ -194,25 +187,23 @@ def test_propagates():
         await asyncio.gather(a(), b())
 
     asyncio.run(main())
-"""
+'''
     )
     result = pytester.runpytest_subprocess(
         "--scopetrace", "-p", "no:cacheprovider", "-k", "propagates"
     )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*RuntimeError: Attempted to exit cancel scope in a different task*",
-            "*scopetrace violations (call)*",
-            "*anyio cancel scope violation: wrong_task*",
-        ]
-    )
+    result.stdout.fnmatch_lines([
+        "*RuntimeError: Attempted to exit cancel scope in a different task*",
+        "*scopetrace violations (call)*",
+        "*anyio cancel scope violation: wrong_task*",
+    ])
 
 
 #: One test leaves a scope open in a task that ends (an orphan); a later test
 #: closes it from another task (the violation), as a session fixture left in a
 #: dead runner task fails at the session's teardown (agronholm/anyio#1179).
-ORPHAN_THEN_VIOLATION = """
+ORPHAN_THEN_VIOLATION = '''
 import asyncio
 
 import anyio
@@ -243,16 +234,14 @@ def test_closes_it_later():
         await asyncio.gather(closer())
 
     asyncio.run(main())
-"""
+'''
 
 
 def test_an_orphan_warning_is_pinned_on_its_test_and_linked_to_the_later_failure(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(test_app=ORPHAN_THEN_VIOLATION)
-    result = pytester.runpytest_subprocess(
-        "--scopetrace", "-p", "no:cacheprovider", "-W", "default"
-    )
+    result = pytester.runpytest_subprocess("--scopetrace", "-p", "no:cacheprovider", "-W", "default")
     result.assert_outcomes(passed=1, failed=1)
     text = result.stdout.str()
     # The early warning, on the test during which the task ended.

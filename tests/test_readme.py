@@ -29,9 +29,7 @@ def test_every_name_is_documented() -> None:
     names = [
         value
         for name, value in vars(semconv).items()
-        if name.isupper()
-        and isinstance(value, str)
-        and ("." in value or "_" in value)
+        if name.isupper() and isinstance(value, str) and ("." in value or "_" in value)
         and not name.startswith(("KIND_", "CAUSE_"))
     ]
     missing = [name for name in names if f"`{name}`" not in page]

@@ -191,16 +191,14 @@ def build_app(pool: Any) -> Starlette:
 
         return Route(path, endpoint)
 
-    return Starlette(
-        routes=[
-            route("/ask", tool_calls),
-            route("/tg", tool_calls_in_task_group),
-            route("/ok", lambda: tool_calls(n=1)),
-            route("/rex", lambda: tool_calls(return_exceptions=True)),
-            route("/unretrieved", never_awaited),
-            route("/finalizer", abandoned_generator),
-        ]
-    )
+    return Starlette(routes=[
+        route("/ask", tool_calls),
+        route("/tg", tool_calls_in_task_group),
+        route("/ok", lambda: tool_calls(n=1)),
+        route("/rex", lambda: tool_calls(return_exceptions=True)),
+        route("/unretrieved", never_awaited),
+        route("/finalizer", abandoned_generator),
+    ])
 
 
 class Service:
@@ -212,14 +210,8 @@ class Service:
         self._cond = threading.Condition()
         self._ended = 0
         config = uvicorn.Config(
-            self,
-            host="127.0.0.1",
-            port=0,
-            loop="asyncio",
-            http="h11",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
+            self, host="127.0.0.1", port=0, loop="asyncio", http="h11", lifespan="off",
+            log_config=None, access_log=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
@@ -274,14 +266,8 @@ class AsyncioRecords(logging.Handler):
 
     def wait_for_unretrieved(self, timeout: float = 10) -> logging.LogRecord:
         def found() -> logging.LogRecord | None:
-            return next(
-                (
-                    r
-                    for r in self.records
-                    if r.getMessage().startswith("Task exception was never retrieved")
-                ),
-                None,
-            )
+            return next((r for r in self.records
+                         if r.getMessage().startswith("Task exception was never retrieved")), None)
 
         with self._cond:
             assert self._cond.wait_for(lambda: found() is not None, timeout), self.records
@@ -387,8 +373,7 @@ def check_diagnosis(event: dict[str, Any], report: scopetrace.Report) -> None:
     assert tags[semconv.SENTRY_TAG_CLOSER_TASK] == report.closer.name
     assert tags[semconv.SENTRY_TAG_INCIDENT] == report.incident_id
     assert set(tags) >= set(semconv.SENTRY_TAGS) - {
-        semconv.SENTRY_TAG_CULPRIT_PACKAGE,
-        semconv.SENTRY_TAG_CULPRIT_VERSION,
+        semconv.SENTRY_TAG_CULPRIT_PACKAGE, semconv.SENTRY_TAG_CULPRIT_VERSION
     }
     assert all(len(k) <= 32 and len(v) <= 200 and "\n" not in v for k, v in tags.items())
     context = event["contexts"][semconv.SENTRY_CONTEXT]
@@ -434,7 +419,9 @@ def only_violation(reports: list[scopetrace.Report]) -> scopetrace.Report:
 # -- a request that fails ---------------------------------------------------------------
 
 
-def test_failed_request_gives_one_event_with_the_diagnosis(service: Service, events: Any) -> None:
+def test_failed_request_gives_one_event_with_the_diagnosis(
+    service: Service, events: Any
+) -> None:
     scopetrace.install()
     reports = listen()
     assert service.get("/ask") == 500
@@ -443,10 +430,7 @@ def test_failed_request_gives_one_event_with_the_diagnosis(service: Service, eve
     (event,) = got
     report = only_violation(list(reports))
     assert (report.kind, report.cause) == ("wrong_task", "sibling_task")
-    assert (report.opener.name, report.closer and report.closer.name) == (
-        "tool-call-0",
-        "tool-call-3",
-    )
+    assert (report.opener.name, report.closer and report.closer.name) == ("tool-call-0", "tool-call-3")
     # The request's own event: captured by the Starlette integration, with
     # the request and its route.
     assert exception_of(event)["mechanism"]["handled"] is False
@@ -472,11 +456,8 @@ def test_failed_request_in_a_task_group_gives_one_event(service: Service, events
         assert errors
     assert all("scopetrace: " in v["value"] for v in errors)
     tags, context = event["tags"], event["contexts"][semconv.SENTRY_CONTEXT]
-    told = (
-        tags[semconv.SENTRY_TAG_INCIDENT],
-        tags[semconv.SENTRY_TAG_KIND],
-        tags[semconv.SENTRY_TAG_CAUSE],
-    )
+    told = (tags[semconv.SENTRY_TAG_INCIDENT], tags[semconv.SENTRY_TAG_KIND],
+            tags[semconv.SENTRY_TAG_CAUSE])
     assert told in {(r.incident_id, r.kind, r.cause) for r in reports}
     assert tags[semconv.SENTRY_TAG_CULPRIT_PACKAGE] == POOL_DIST
     assert context[semconv.VIOLATION_CAUSE] == tags[semconv.SENTRY_TAG_CAUSE]
@@ -491,13 +472,10 @@ def test_no_violation_no_event(service: Service, events: Any) -> None:
 # -- violations the application swallowed --------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("path", "cause"),
-    [
-        ("/unretrieved", "opener_finished"),
-        ("/finalizer", "asyncgen_finalizer"),
-    ],
-)
+@pytest.mark.parametrize(("path", "cause"), [
+    ("/unretrieved", "opener_finished"),
+    ("/finalizer", "asyncgen_finalizer"),
+])
 def test_unretrieved_task_exception_gives_one_event_from_the_scopetrace_record(
     service: Service, events: Any, asyncio_records: AsyncioRecords, path: str, cause: str
 ) -> None:
@@ -535,10 +513,8 @@ def test_gathered_exception_gives_one_event_from_the_scopetrace_record(
     check_culprit_package(event)
     # The exception's own traceback: down to anyio's check, through the pool.
     frames = exception_of(event)["stacktrace"]["frames"]
-    assert any(
-        f["function"] in ("Pool.__aexit__", "__aexit__") and "toolpool" in f["abs_path"]
-        for f in frames
-    )
+    assert any(f["function"] in ("Pool.__aexit__", "__aexit__") and "toolpool" in f["abs_path"]
+               for f in frames)
     # Never another request's scope (the delivery thread was started inside one).
     assert event.get("tags", {}).get(ROUTE_TAG) in (None, "/rex")
 
@@ -598,10 +574,8 @@ def test_rate_limited_failed_request_still_gets_the_diagnosis(
         assert event["tags"][semconv.SENTRY_TAG_CAUSE] == "sibling_task"
         assert event["tags"][semconv.SENTRY_TAG_CULPRIT_PACKAGE] == POOL_DIST
         assert NOTE in exception_of(event)["value"]
-    assert (
-        requests[0]["tags"][semconv.SENTRY_TAG_INCIDENT]
-        != requests[1]["tags"][semconv.SENTRY_TAG_INCIDENT]
-    )
+    assert requests[0]["tags"][semconv.SENTRY_TAG_INCIDENT] != requests[1]["tags"][
+        semconv.SENTRY_TAG_INCIDENT]
 
 
 # -- the processor on its own -----------------------------------------------------------
@@ -631,18 +605,9 @@ def test_processor_never_raises_and_never_drops_a_foreign_event() -> None:
 def _fake_report() -> scopetrace.Report:
     side = scopetrace.TaskInfo("t", 1, "coro", "app.py:1 in f", "  File ...", False)
     return scopetrace.Report(
-        signal=semconv.VIOLATION_SPAN,
-        backend="asyncio",
-        opener=side,
-        closer=side,
-        kind="wrong_task",
-        cause="sibling_task",
-        message="Attempted to exit",
-        entered_at_ns=0,
-        reported_at_ns=0,
-        thread_id=1,
-        thread_name="MainThread",
-        incident_id="0" * 16,
+        signal=semconv.VIOLATION_SPAN, backend="asyncio", opener=side, closer=side,
+        kind="wrong_task", cause="sibling_task", message="Attempted to exit", entered_at_ns=0,
+        reported_at_ns=0, thread_id=1, thread_name="MainThread", incident_id="0" * 16,
     )
 
 
@@ -701,12 +666,8 @@ def test_without_sentry_scopetrace_never_imports_it() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTRY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-c", NO_SENTRY],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=root,
-        env=env,
+        [sys.executable, "-c", NO_SENTRY], capture_output=True, text=True, timeout=60,
+        cwd=root, env=env,
     )
     assert done.returncode == 0, done.stderr
     import json

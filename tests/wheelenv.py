@@ -50,10 +50,7 @@ class WheelEnv:
     def site_packages(self) -> Path:
         out = subprocess.run(
             [str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=self.env(),
+            capture_output=True, text=True, check=True, env=self.env(),
         )
         return Path(out.stdout.strip())
 
@@ -70,24 +67,15 @@ class WheelEnv:
         return env
 
     def run(
-        self,
-        *argv: str | Path,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 120,
-        cwd: Path | None = None,
-        **kwargs: Any,
+        self, *argv: str | Path, env: Mapping[str, str] | None = None, timeout: float = 120,
+        cwd: Path | None = None, **kwargs: Any,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command of the venv (``python``, ``scopetrace``, ...), capturing text."""
         first, *rest = (str(a) for a in argv)
         exe = str(self.bin / first) if (self.bin / first).exists() else first
         return subprocess.run(
-            [exe, *rest],
-            env=self.env(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=cwd,
-            **kwargs,
+            [exe, *rest], env=self.env(env), capture_output=True, text=True,
+            timeout=timeout, cwd=cwd, **kwargs,
         )
 
 
@@ -98,9 +86,7 @@ _built: WheelEnv | None = None
 def _check(argv: list[str], **kwargs: Any) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
 def wheel_env(workdir: Path) -> WheelEnv:
@@ -123,14 +109,8 @@ def wheel_env(workdir: Path) -> WheelEnv:
         venv = workdir / "venv"
         _check([sys.executable, "-m", "venv", str(venv)], timeout=300)
         _check(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                f"scopetrace[otlp,instrumentation] @ {wheel.as_uri()}",
-            ],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+             f"scopetrace[otlp,instrumentation] @ {wheel.as_uri()}"],
             timeout=600,
         )
         _built = WheelEnv(venv, wheel)
