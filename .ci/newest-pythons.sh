@@ -9,9 +9,10 @@
 #
 # The chroot ($CACHE/root) is a `debootstrap --variant=minbase sid` with
 # python3.X, python3.X-venv, python3.X-dev (and python3.X-nogil where it
-# exists), gcc and libc6-dev for scopetrace's C extension, ca-certificates, and
+# exists), gcc and libc6-dev for scopetrace's C extension, ca-certificates,
 # Debian's prometheus (promtool and the server, for tests/test_dashboards.py,
-# as .ci/install-prometheus.sh gives the host).
+# as .ci/install-prometheus.sh gives the host), and valgrind (callgrind, for
+# `benchmarks/overhead.py --interpreters`, which counts instructions in here).
 # It is built under $CACHE/root.new and only moved to $CACHE/root, and the
 # stamp $CACHE/complete only written, once every step has succeeded: a build
 # that was interrupted is thrown away and redone on the next run.
@@ -53,7 +54,7 @@
 #                               default 30; if that rebuild cannot get the packages,
 #                               the old chroot is kept and used
 #   SCOPETRACE_CHROOT_EXTRA_PACKAGES  other Debian packages for the chroot, installed
-#                               where sid has them, default "prometheus"
+#                               where sid has them, default "prometheus valgrind"
 #   SCOPETRACE_CHROOT_BINDS     extra host paths for $CACHE/bin/run to bind (colon-separated)
 #
 # Output: what it did, then one line per interpreter (`python -VV`), and the
@@ -82,7 +83,7 @@ fi
 cache=${SCOPETRACE_CHROOT_CACHE:-/var/cache/scopetrace-ci/sid}
 minors=${SCOPETRACE_CHROOT_PYTHONS:-"3.14 3.15"}
 max_age_days=${SCOPETRACE_CHROOT_MAX_AGE_DAYS:-30}
-extras=${SCOPETRACE_CHROOT_EXTRA_PACKAGES-prometheus}
+extras=${SCOPETRACE_CHROOT_EXTRA_PACKAGES-prometheus valgrind}
 root=$cache/root
 stamp=$cache/complete
 log=$cache/build.log

@@ -76,6 +76,22 @@ class RefCounted:
             self.scope.__exit__(*exc_info)
 
 
+def leaking(kept: list[Any]) -> Callable[[], Awaitable[None]]:
+    """An anyio main: one plain task ends with a scope open (kept alive in
+    ``kept``), and the main task waits one step for asyncio's done-callbacks."""
+
+    async def leak() -> None:
+        scope = anyio.CancelScope()
+        scope.__enter__()
+        kept.append(scope)
+
+    async def main() -> None:
+        await plain_tasks(leak)
+        await anyio.sleep(0)
+
+    return main
+
+
 async def sibling_gather(caught: list[BaseException]) -> None:
     """4 gathered tool calls: call 0 opens and finishes first, call 3 closes."""
     conn = RefCounted()

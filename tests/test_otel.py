@@ -195,15 +195,7 @@ def test_the_orphan_counter_follows_the_meter_in_use(telemetry: Telemetry) -> No
     _reset_global_providers()  # no provider yet: the API's proxy meter
     scopetrace.install(exporter="none")
     kept: list[Any] = []
-
-    async def leak() -> None:
-        scope = anyio.CancelScope()
-        scope.__enter__()
-        kept.append(scope)
-
-    async def main() -> None:
-        await scenarios.plain_tasks(leak)
-        await anyio.sleep(0)
+    main = scenarios.leaking(kept)
 
     anyio.run(main)
     scopetrace.flush()
@@ -238,15 +230,7 @@ def test_orphans_reach_the_jsonl_file(tmp_path: Any) -> None:
     path = tmp_path / "v.jsonl"
     scopetrace.install(exporter="jsonl", jsonl_path=str(path))
     kept: list[Any] = []
-
-    async def leak() -> None:
-        scope = anyio.CancelScope()
-        scope.__enter__()
-        kept.append(scope)
-
-    async def main() -> None:
-        await scenarios.plain_tasks(leak)
-        await anyio.sleep(0)
+    main = scenarios.leaking(kept)
 
     anyio.run(main)
     scopetrace.flush()

@@ -594,7 +594,7 @@ def test_processor_never_raises_and_never_drops_a_foreign_event() -> None:
     # A report whose event has odd shapes: enriched as far as possible, kept.
     exc = RuntimeError("Attempted to exit cancel scope in a different task")
     report = _fake_report()
-    told = _sentry.attach(exc, report)
+    told = _sentry.attach(exc, report, logging.ERROR)
     assert told is not None
     odd = {"tags": ["not", "a", "dict"], "contexts": None, "exception": "odd"}
     assert _sentry._process(odd, {"exc_info": (RuntimeError, exc, None)}) is odd

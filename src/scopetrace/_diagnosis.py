@@ -32,6 +32,17 @@ NO_TASK: TaskDescription = ("<no task>", 0, "<none>", None)
 UNKNOWN_COROUTINE = "<unknown>"
 
 
+def coroutine_name(coro: object) -> str:
+    """The coroutine's qualified name, never its repr (which may show arguments)."""
+    if coro is None:
+        return UNKNOWN_COROUTINE
+    try:
+        name = getattr(coro, "__qualname__", None)
+    except Exception:  # a hostile awaitable must not break the report
+        name = None
+    return name if isinstance(name, str) else type(coro).__name__
+
+
 @dataclasses.dataclass
 class Facts:
     """What a backend saw, gathered at the moment it happened."""

@@ -30,6 +30,7 @@ import dataclasses
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,7 @@ class Reporter:
         #: Callables given each report, on the delivery thread (the pytest plugin).
         self.listeners: list[Listener] = []
         self.delivery = Delivery(self._tick, internal_error)
+        _live.add(self)
         self._lock = threading.Lock()
         #: rate key -> [latest report held back, not yet counted]
         self._held: dict[tuple[str, ...], list[Any]] = {}
@@ -91,7 +93,7 @@ class Reporter:
         report = _diagnosis.diagnose(facts)
         told = None
         if exc is not None:
-            told = _sentry.attach(exc, report)
+            told = _sentry.attach(exc, report, self.level)
             add_note = getattr(exc, "add_note", None)  # Python >= 3.11
             if self.options.exception_notes and add_note is not None:
                 add_note(report.note())
@@ -260,6 +262,9 @@ class Reporter:
         self.signals.count_internal_error(where, exc)
 
 
+#: Reporters not yet garbage: their embedded exporters are closed at exit.
+_live: weakref.WeakSet[Reporter] = weakref.WeakSet()
+
 #: Longest scopetrace holds up interpreter exit, delivering what is pending
 #: (a collector that never answers must not keep a process alive).
 EXIT_TIMEOUT = 5.0
@@ -269,13 +274,10 @@ def _at_exit() -> None:
     # Registered when scopetrace is imported: with the start-up hook that is
     # the first atexit handler, which runs last, after the application's
     # own (violations often happen while the interpreter shuts down).
-    from ._install import current_runtime
-
     deadline = time.monotonic() + EXIT_TIMEOUT
     flush_all(EXIT_TIMEOUT)
-    runtime = current_runtime()
-    if runtime is not None:
-        runtime.reporter.signals.close(max(0.1, deadline - time.monotonic()))
+    for reporter in list(_live):  # the installed one; uninstalled ones closed already
+        reporter.signals.close(max(0.1, deadline - time.monotonic()))
 
 
 atexit.register(_at_exit)

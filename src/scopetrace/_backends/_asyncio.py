@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import _record, semconv
-from .._diagnosis import NO_TASK, UNKNOWN_COROUTINE, Facts, TaskDescription
+from .._diagnosis import NO_TASK, UNKNOWN_COROUTINE, Facts, TaskDescription, coroutine_name
 from .._incidents import scope_key
 from .._runtime import Runtime
 from .._stacks import frames_of, is_task_group_child_wrapper
@@ -251,17 +251,6 @@ def describe(task: Any) -> TaskDescription:
     except Exception:
         running = None
     return str(name), id(task), coro, running
-
-
-def coroutine_name(coro: object) -> str:
-    """The coroutine's qualified name, never its repr (which may show arguments)."""
-    if coro is None:
-        return UNKNOWN_COROUTINE
-    try:
-        name = getattr(coro, "__qualname__", None)
-    except Exception:  # a hostile awaitable must not break the report
-        name = None
-    return name if isinstance(name, str) else type(coro).__name__
 
 
 def _is_finalizer(task: Any) -> bool:

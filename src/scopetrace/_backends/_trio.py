@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import _record, semconv
-from .._diagnosis import UNKNOWN_COROUTINE, Facts, TaskDescription
+from .._diagnosis import UNKNOWN_COROUTINE, Facts, TaskDescription, coroutine_name
 from .._incidents import scope_key
 from .._runtime import Runtime
 from .._stacks import frames_of, is_task_group_child_wrapper
@@ -169,23 +169,13 @@ def describe(task: Any) -> TaskDescription:
         name = str(task.name)
     except Exception:
         name = "<unnamed>"
-    return name, id(task), _coroutine_name(coro), running
-
-
-def _coroutine_name(coro: object) -> str:
-    if coro is None:
-        return UNKNOWN_COROUTINE
-    try:
-        name = getattr(coro, "__qualname__", None)
-    except Exception:  # a hostile awaitable must not break the report
-        name = None
-    return name if isinstance(name, str) else type(coro).__name__
+    return name, id(task), coroutine_name(coro), running
 
 
 def _is_finalizer(task: Any) -> bool:
     try:
         return str(task.name).startswith("close asyncgen ") or "_finalize_one" in (
-            _coroutine_name(task.coro)
+            coroutine_name(task.coro)
         )
     except Exception:
         return False

@@ -63,10 +63,12 @@ class Told:
     """What travels on the exception: its report, and whether Sentry has an
     event for it."""
 
-    __slots__ = ("_report", "captured", "enriched")
+    __slots__ = ("_report", "captured", "enriched", "level")
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, level: int) -> None:
         self._report = report
+        #: The level of the report's own ``scopetrace`` log record.
+        self.level = level
         #: Whether the report has its culprit's package and the advice.
         self.enriched = False
         self.captured = False
@@ -94,11 +96,11 @@ class Told:
         return self._report
 
 
-def attach(exc: BaseException, report: Report) -> Told | None:
-    """Put the report on anyio's exception, and the event processor in place
-    if Sentry is active (never raises)."""
+def attach(exc: BaseException, report: Report, level: int) -> Told | None:
+    """Put the report (logged at ``level``) on anyio's exception, and the
+    event processor in place if Sentry is active (never raises)."""
     try:
-        told = Told(report)
+        told = Told(report, level)
         setattr(exc, ATTRIBUTE, told)
     except Exception:
         return None
@@ -186,7 +188,7 @@ def _process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | No
         with _lock:
             if told.captured:
                 return None  # this failure has its event already
-            if _is_asyncio_record(record) and _own_record_reaches_sentry():
+            if _is_asyncio_record(record) and _own_record_reaches_sentry(told.level):
                 return None  # the scopetrace record will tell it
             told.captured = True
         _enrich(event, told.ready())
@@ -201,19 +203,12 @@ def _is_asyncio_record(record: Any) -> bool:
     return isinstance(name, str) and (name == "asyncio" or name.startswith("asyncio."))
 
 
-def _own_record_reaches_sentry() -> bool:
-    """Whether the ``scopetrace`` record of a violation will become a Sentry
-    event: its level is enabled, and Sentry's logging integration makes
-    events at that level from that logger.  Any doubt answers no (then
-    asyncio's record is kept: two events beat none)."""
+def _own_record_reaches_sentry(level: int) -> bool:
+    """Whether the ``scopetrace`` record of a violation, logged at ``level``,
+    will become a Sentry event: its level is enabled, and Sentry's logging
+    integration makes events at that level from that logger.  Any doubt
+    answers no (then asyncio's record is kept: two events beat none)."""
     try:
-        from .._config import log_level_number
-        from .._install import current_options
-
-        options = current_options()
-        if options is None:
-            return False
-        level = log_level_number(options)
         logger = logging.getLogger(semconv.LOGGER_NAME)
         if logger.disabled or not logger.isEnabledFor(level):
             return False
