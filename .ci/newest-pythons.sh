@@ -12,7 +12,10 @@
 # exists), gcc and libc6-dev for scopetrace's C extension, ca-certificates,
 # Debian's prometheus (promtool and the server, for tests/test_dashboards.py,
 # as .ci/install-prometheus.sh gives the host), and valgrind (callgrind, for
-# `benchmarks/overhead.py --interpreters`, which counts instructions in here).
+# `benchmarks/overhead.py --interpreters`, which counts instructions in here)
+# with python3.X-dbg: callgrind toggles on ctypes' closure_fcn, a static
+# function that Debian strips; python3.X-dbg carries the standard build's
+# symbols (/usr/lib/debug/.build-id), where valgrind finds them.
 # It is built under $CACHE/root.new and only moved to $CACHE/root, and the
 # stamp $CACHE/complete only written, once every step has succeeded: a build
 # that was interrupted is thrown away and redone on the next run.
@@ -84,6 +87,8 @@ cache=${SCOPETRACE_CHROOT_CACHE:-/var/cache/scopetrace-ci/sid}
 minors=${SCOPETRACE_CHROOT_PYTHONS:-"3.14 3.15"}
 max_age_days=${SCOPETRACE_CHROOT_MAX_AGE_DAYS:-30}
 extras=${SCOPETRACE_CHROOT_EXTRA_PACKAGES-prometheus valgrind}
+# valgrind brings the interpreters' symbols along (python3.X-dbg: see above).
+case " $(echo $extras) " in *" valgrind "*) with_symbols=1 ;; *) with_symbols=0 ;; esac
 root=$cache/root
 stamp=$cache/complete
 log=$cache/build.log
@@ -295,6 +300,8 @@ fresh() {
     [ -f "$stamp" ] && [ -d "$root" ] || return 1
     grep -qx "recipe $RECIPE" "$stamp" || return 1   # (the mirror is not part of it)
     grep -qxF "extras $(echo $extras)" "$stamp" || return 1
+    # A chroot from before valgrind came with the symbols has no such line.
+    if [ "$with_symbols" = 1 ]; then grep -q '^symbols' "$stamp" || return 1; fi
     local m
     for m in $minors; do
         grep -qx "python $m /usr/bin/python$m 0" "$stamp" || grep -qx "unavailable $m" "$stamp" || return 1
@@ -395,6 +402,7 @@ candidate() {  # the version apt would install, or nothing
     in_new 120 apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '^(none)$' || true
 }
 pkgs=(gcc libc6-dev ca-certificates)
+symbols=()
 found=()
 missing=()
 for m in $minors; do
@@ -405,6 +413,11 @@ for m in $minors; do
     fi
     pkgs+=("python$m" "python$m-venv" "python$m-dev")
     found+=("$m")
+    # The symbols valgrind needs (see the header); the debug build comes along.
+    if [ "$with_symbols" = 1 ] && [ -n "$(candidate "python$m-dbg")" ]; then
+        pkgs+=("python$m-dbg")
+        symbols+=("python$m-dbg")
+    fi
     # Debian's free-threaded build of the same source (the python3.13t style
     # interpreter) is packaged as python3.X-nogil, its headers as libpython3.Xt-dev.
     if [ -n "$(candidate "python$m-nogil")" ]; then
@@ -434,6 +447,7 @@ say "  done in $((SECONDS - step_t))s"
     echo "recipe $RECIPE"
     echo "mirror $mirror"
     echo "extras $(echo $extras)"
+    [ "$with_symbols" = 1 ] && echo "symbols ${symbols[*]+${symbols[*]}}"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     for m in "${found[@]}"; do
         chroot "$new" "/usr/bin/python$m" -c pass >>"$log" 2>&1 \

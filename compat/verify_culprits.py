@@ -21,7 +21,7 @@ fixed pattern, where no release fixes it).  For each run this
    sdist, then a wheel from it: a normal, non-editable install, made once per
    run of this script so every case tests the same snapshot of ``src/``);
 2. runs the case's driver from ``compat/culprits/`` (copied into a work
-   directory), offline: MCP servers are subprocesses on stdio or 127.0.0.1,
+   directory, with ``_driver.py``, what the drivers share), offline: MCP servers are subprocesses on stdio or 127.0.0.1,
    everything is ordered by events.  Plain drivers call
    ``scopetrace.install(exporter="jsonl", ...)`` themselves; test-runner cases
    run ``pytest --scopetrace`` with ``SCOPETRACE_EXPORTER=jsonl``;
@@ -70,6 +70,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVERS = REPO / "compat" / "culprits"
+#: The drivers' shared helpers: copied next to every driver, which imports it.
+HELPER = "_driver.py"
 
 # jsonl attribute keys (scopetrace.semconv; repeated here: this script runs
 # without scopetrace installed)
@@ -406,6 +408,17 @@ PYTEST_ASYNCIO_REMEDY = "anyio's pytest plugin"
 STARLETTE_REMEDY = "do not yield from a StreamingResponse body"
 ANYIO_SPIN = "4.14.2"
 FIXTURES = Site("test_pytest_asyncio_fixtures.py", ("task_group", "deadline", "http_client", "mcp_session"))
+CHILD_MANUAL = Site("anyio_child_scope.py", ("leaky_child_manual",))
+CHILD_ASYNCGEN = Site("anyio_child_scope.py", ("leaky_child_asyncgen",))
+ANYIO_416 = ("anyio==4.16.0", "trio==0.35.0")
+#: The manual child's scope, left open: an orphan warning on any anyio ...
+ORPHANED_MANUAL = Reports("orphaned", None, 1, culprit=CHILD_MANUAL, package=APP)
+#: ... and from anyio 4.14, either backend, in the way of anyio's per-child scope.
+LEAKED_MANUAL = (
+    Reports("violation", "not_innermost", 1, culprit=CHILD_MANUAL, package=APP, blocker=CHILD_MANUAL,
+            blocker_count=(1,)),
+    ORPHANED_MANUAL,
+)
 
 #: The pins of each library's time (the colleagues' working freezes, research/repro*).
 MCP_130 = ("mcp==1.30.0", "anyio==4.16.0", "pydantic==2.14.4")
@@ -653,58 +666,38 @@ CASES: tuple[Case, ...] = (
         (
             Run(
                 "affected", "anyio 4.16.0 asyncio, manual __enter__",
-                ("anyio==4.16.0", "trio==0.35.0"), "anyio_child_scope.py", ("--scenario", "manual"),
-                reports=(
-                    Reports("violation", "not_innermost", 1, culprit=Site("anyio_child_scope.py", ("leaky_child_manual",)),
-                            package=APP, blocker=Site("anyio_child_scope.py", ("leaky_child_manual",)), blocker_count=(1,)),
-                    Reports("orphaned", None, 1, culprit=Site("anyio_child_scope.py", ("leaky_child_manual",)),
-                            package=APP),
-                ),
-                incidents=1, app_errors=True, checks=(_orphan_first,),
+                ANYIO_416, "anyio_child_scope.py", ("--scenario", "manual"),
+                reports=LEAKED_MANUAL, incidents=1, app_errors=True, checks=(_orphan_first,),
             ),
             Run(
                 "affected", "anyio 4.16.0 asyncio, abandoned generator",
-                ("anyio==4.16.0", "trio==0.35.0"), "anyio_child_scope.py", ("--scenario", "asyncgen"),
+                ANYIO_416, "anyio_child_scope.py", ("--scenario", "asyncgen"),
                 reports=(
-                    Reports("violation", "not_innermost", 1,
-                            culprit=Site("anyio_child_scope.py", ("leaky_child_asyncgen",)),
-                            package=APP, blocker=Site("anyio_child_scope.py", ("ticks",)), blocker_count=(1,)),
-                    Reports("violation", "wrong_task", 1, cause="asyncgen_finalizer",
-                            culprit=Site("anyio_child_scope.py", ("leaky_child_asyncgen",)), package=APP),
-                    Reports("orphaned", None, 1, culprit=Site("anyio_child_scope.py", ("leaky_child_asyncgen",)),
+                    Reports("violation", "not_innermost", 1, culprit=CHILD_ASYNCGEN, package=APP,
+                            blocker=Site("anyio_child_scope.py", ("ticks",)), blocker_count=(1,)),
+                    Reports("violation", "wrong_task", 1, cause="asyncgen_finalizer", culprit=CHILD_ASYNCGEN,
                             package=APP),
+                    Reports("orphaned", None, 1, culprit=CHILD_ASYNCGEN, package=APP),
                 ),
                 incidents=1, app_errors=True, checks=(_orphan_first,),
             ),
             Run(
                 "affected", "anyio 4.16.0 trio, manual __enter__",
-                ("anyio==4.16.0", "trio==0.35.0"), "anyio_child_scope.py",
-                ("--scenario", "manual", "--backend", "trio"),
-                reports=(
-                    Reports("violation", "not_innermost", 1, culprit=Site("anyio_child_scope.py", ("leaky_child_manual",)),
-                            package=APP, blocker=Site("anyio_child_scope.py", ("leaky_child_manual",)), blocker_count=(1,)),
-                    Reports("orphaned", None, 1, culprit=Site("anyio_child_scope.py", ("leaky_child_manual",)),
-                            package=APP),
-                ),
-                incidents=1, app_errors=True, checks=(_orphan_first,),
+                ANYIO_416, "anyio_child_scope.py", ("--scenario", "manual", "--backend", "trio"),
+                reports=LEAKED_MANUAL, incidents=1, app_errors=True, checks=(_orphan_first,),
             ),
             Run(
                 "before 4.14", "anyio 4.13.0 asyncio, manual __enter__",
                 ("anyio==4.13.0",), "anyio_child_scope.py", ("--scenario", "manual"),
-                reports=(
-                    Reports("orphaned", None, 1, culprit=Site("anyio_child_scope.py", ("leaky_child_manual",)),
-                            package=APP),
-                ),
-                incidents=1, app_errors=False,
+                reports=(ORPHANED_MANUAL,), incidents=1, app_errors=False,
             ),
             Run(
                 "fixed pattern", "anyio 4.16.0 asyncio, with / aclosing",
-                ("anyio==4.16.0", "trio==0.35.0"), "anyio_child_scope.py", ("--fixed",), app_errors=False,
+                ANYIO_416, "anyio_child_scope.py", ("--fixed",), app_errors=False,
             ),
             Run(
                 "fixed pattern", "anyio 4.16.0 trio, with / aclosing",
-                ("anyio==4.16.0", "trio==0.35.0"), "anyio_child_scope.py", ("--fixed", "--backend", "trio"),
-                app_errors=False,
+                ANYIO_416, "anyio_child_scope.py", ("--fixed", "--backend", "trio"), app_errors=False,
             ),
         ),
     ),
@@ -961,7 +954,7 @@ def run_one(tools: Tools, case: Case, run: Run, index: int) -> RunResult:
         return result
     result.venv = venv
     work = Path(tempfile.mkdtemp(prefix=f"verify-culprits-work-{case.name}-{index}-", dir=tools.root))
-    for name in (run.driver, *run.extra_files):
+    for name in (run.driver, HELPER, *run.extra_files):
         shutil.copy(DRIVERS / name, work / name)
     jsonl = work / "scopetrace.jsonl"
     python = str(venv / "bin" / "python")

@@ -17,8 +17,6 @@ non-zero unless both runs pass (a skip counts as a failure here).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,46 +33,15 @@ RELEASES: dict[str, tuple[str, ...]] = {
     "1.92.0": (),
 }
 
-#: Tool name -> how long it sleeps, in seconds: different, so the calls overlap
-#: and finish in an order that is not the order they were made in.
-TOOL_SLEEPS = {"probe_a": 0.04, "probe_b": 0.01, "probe_c": 0.03, "probe_d": 0.02}
-
 
 def serve() -> None:
-    """Run the MCP tool server on a free port of 127.0.0.1 until stdin closes."""
-    import uvicorn
-    from mcp.server.fastmcp import FastMCP
+    """Run the MCP tool server on a free port of 127.0.0.1 until stdin closes:
+    the one of compat/culprits/pydantic_ai_shared_server.py (four tools, each
+    sleeping a different time, so the calls overlap and finish out of order)."""
+    sys.path.insert(0, str(REPO / "compat" / "culprits"))
+    from pydantic_ai_shared_server import serve as serve_tools
 
-    mcp = FastMCP("scopetrace-probe")
-
-    def make_tool(name: str, seconds: float) -> None:
-        async def tool(tag: str) -> str:
-            await asyncio.sleep(seconds)
-            return f"{name}:{tag}"
-
-        tool.__name__ = name
-        mcp.tool(name=name, description=f"sleeps {seconds}s and echoes tag")(tool)
-
-    for name, seconds in TOOL_SLEEPS.items():
-        make_tool(name, seconds)
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(mcp.streamable_http_app(), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        print(f"PORT {sock.getsockname()[1]}", flush=True)
-        # The parent closes our stdin to stop us (no signal races, no orphans).
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        server.should_exit = True
-        await serving
-
-    asyncio.run(main())
+    serve_tools("scopetrace-probe")
 
 
 def _venv(version: str, root: Path) -> Path:

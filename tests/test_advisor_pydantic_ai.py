@@ -35,7 +35,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
 
 import scopetrace  # noqa: E402
 from scopetrace import semconv  # noqa: E402
-from scopetrace._advisor import installed_version, version_key  # noqa: E402
+from scopetrace._advisor import version_key  # noqa: E402
+from scopetrace._packages import version_of  # noqa: E402
 
 from .conftest import Reports
 
@@ -115,7 +116,7 @@ def test_pydantic_ai_parallel_tool_calls(traced: Any, mcp_url: str) -> None:
 
     results = asyncio.run(_two_runs(mcp_url))
 
-    version = installed_version(("pydantic-ai-slim", "pydantic-ai"))
+    version = version_of(("pydantic-ai-slim", "pydantic-ai"))
     assert version is not None
     spans = traced.finished(semconv.VIOLATION_SPAN)
     if version_key(version) < version_key("1.92.0"):
@@ -126,12 +127,17 @@ def test_pydantic_ai_parallel_tool_calls(traced: Any, mcp_url: str) -> None:
         assert wrong, f"no violation on affected pydantic-ai {version}: {results!r}"
         advice = (
             f"pydantic-ai {version} is affected by pydantic/pydantic-ai#2355, "
-            "fixed in 1.92.0: raise the floor to >=1.92.0"
+            "fixed in 1.92.0 (pydantic/pydantic-ai#4514): upgrade to pydantic-ai>=1.92.0 "
+            "(raise your pin or floor if you have one)"
         )
         for violation in wrong:
             assert violation.advice == advice
-            assert f"advice: {advice}" in violation.format()
+            assert f"advice:     {advice}" in violation.format()
             assert "pydantic_ai/mcp.py" in violation.closer.stacktrace
+            # The code to fix is pydantic-ai's, not the mcp SDK's it misuses.
+            assert violation.culprit is not None
+            assert "pydantic_ai/mcp.py" in violation.culprit.site
+            assert violation.culprit.package == "pydantic-ai-slim"
         assert advice in [s.attributes.get(semconv.ADVICE) for s in spans]
         # A's own exit then finds those scopes still open inside its graph run:
         # the "isn't the current task's current cancel scope" variant.

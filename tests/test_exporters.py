@@ -384,11 +384,11 @@ def test_an_unreachable_collector_delays_exit_only_by_the_otlp_timeout(tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("behaviour", ["blackhole", "503"])
+@pytest.mark.parametrize("behaviour", ["blackhole", "429", "503"])
 def test_a_collector_that_never_answers_or_refuses_bounds_exit(behaviour: str) -> None:
-    """A collector that accepts and never answers, or answers 503 (the SDK
-    retries with back-off): the violation costs the application nothing, and
-    exit is held up by at most scopetrace's 5 s bound."""
+    """A collector that accepts and never answers, or answers 429 or 503 (the
+    SDK retries those with back-off): the violation costs the application
+    nothing, and exit is held up by at most scopetrace's 5 s bound."""
     import socket
     import threading
     import time
@@ -397,7 +397,7 @@ def test_a_collector_that_never_answers_or_refuses_bounds_exit(behaviour: str) -
     class Unavailable(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(503)
+            self.send_response(int(behaviour))
             self.send_header("Retry-After", "1")
             self.end_headers()
 
@@ -408,7 +408,7 @@ def test_a_collector_that_never_answers_or_refuses_bounds_exit(behaviour: str) -
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)  # connections queue up; nothing ever reads or answers
     server = None
-    if behaviour == "503":
+    if behaviour != "blackhole":
         listener.close()
         server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -17,56 +17,21 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from _driver import LogHits, clean_env, command_line, finish, serve_add, trace
+
 HERE = Path(__file__).resolve()
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def serve() -> None:
-    from mcp.server.fastmcp import FastMCP
-
-    server = FastMCP("verify-agent-framework")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    server.run()
-
-
-class Seen(logging.Handler):
-    """Every log record that mentions a cancel scope (close() logs instead of raising)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.hits: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if "cancel scope" in text.lower() or "cancellation" in text.lower():
-            self.hits.append(text)
 
 
 async def split(out: dict[str, Any]) -> None:
     from agent_framework import MCPStdioTool
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-    tool = MCPStdioTool(name="verify", command=sys.executable, args=[str(HERE), "serve"], env=env,
+    tool = MCPStdioTool(name="verify", command=sys.executable, args=[str(HERE), "serve"], env=clean_env(),
                         load_prompts=False)
     await asyncio.create_task(tool.connect(), name="connect-task")  # e.g. a startup hook's task
     out["answer"] = await tool.call_tool("add", a=2, b=3)
@@ -77,24 +42,19 @@ async def split(out: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     if args.command == "serve":
-        serve()
+        serve_add("verify-agent-framework")
         return 0
     trace()
-    seen = Seen()
+    # close() logs anyio's cancel scope error instead of raising it
+    seen = LogHits(lambda text: "cancel scope" in text.lower() or "cancellation" in text.lower(),
+                   prefix="logged: ")
     logging.getLogger().addHandler(seen)
     logging.getLogger("agent_framework").setLevel(logging.DEBUG)
     out: dict[str, Any] = {"errors": []}
     asyncio.run(split(out))
-    import scopetrace
-
-    scopetrace.flush()
-    out["errors"] += [f"logged: {h}" for h in seen.hits]
-    print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
+    return finish(out, logged=seen.hits, answer_has="5")
 
 
 if __name__ == "__main__":

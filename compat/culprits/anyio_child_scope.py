@@ -28,20 +28,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 from typing import Any
 
+from _driver import finish, leaves, trace
 
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-trace()
+trace()  # before anyio is imported
 
 import anyio  # noqa: E402
 import anyio.lowlevel  # noqa: E402
@@ -84,13 +76,6 @@ async def fixed_child_asyncgen() -> None:
     await anyio.lowlevel.checkpoint()
 
 
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
-
-
 async def main(scenario: str, fixed: bool, out: dict[str, Any]) -> None:
     global generator_closed
     generator_closed = anyio.Event()
@@ -103,7 +88,7 @@ async def main(scenario: str, fixed: bool, out: dict[str, Any]) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(child, name="leaky-child")
         except BaseException as exc:
-            out["errors"] += _leaves(exc)
+            out["errors"] += leaves(exc)
     if not fixed and scenario == "asyncgen":
         # The abandoned generator is closed by the event loop's finalizer, bounded.
         with anyio.move_on_after(10):
@@ -120,8 +105,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result: dict[str, Any] = {"errors": []}
     anyio.run(main, args.scenario, args.fixed, result, backend=args.backend)
-    import scopetrace
-
-    scopetrace.flush()
-    print("RESULT " + json.dumps(result), flush=True)
-    sys.exit(0)
+    sys.exit(finish(result))

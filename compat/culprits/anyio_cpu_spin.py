@@ -22,20 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 from typing import Any
 
+from _driver import finish, trace
 
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-trace()
+trace()  # before anyio is imported
 
 import anyio  # noqa: E402
 import anyio.abc  # noqa: E402
@@ -104,8 +96,4 @@ if __name__ == "__main__":
     count_deliveries()
     result: dict[str, Any] = {"errors": []}
     anyio.run(main, args.fixed, result)
-    import scopetrace
-
-    scopetrace.flush()
-    print("RESULT " + json.dumps(result), flush=True)
-    sys.exit(0)
+    sys.exit(finish(result))

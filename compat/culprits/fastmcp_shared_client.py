@@ -26,29 +26,13 @@ subprocess on 127.0.0.1.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
+from _driver import HttpServer, command_line, finish, gathered, serve_http, trace
+
 HERE = Path(__file__).resolve()
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-
-
 REQUEST_TIMEOUT = 3.0  # the affected release leaves proxy request B hanging
 
 
@@ -78,48 +62,6 @@ def make_server(gates: dict[str, asyncio.Event] | None = None):
             return "b"
 
     return server
-
-
-def serve() -> None:
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(make_server().http_app(), log_level="warning", lifespan="on"))
-
-    async def main() -> None:
-        task = asyncio.create_task(uv.serve(sockets=[sock]))
-        while not uv.started:
-            await asyncio.sleep(0.01)
-        print(f"PORT {sock.getsockname()[1]}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
-        uv.should_exit = True
-        await task
-
-    asyncio.run(main())
-
-
-class HttpServer:
-    def __enter__(self) -> str:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=_clean_env(), text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"MCP server did not start: {line!r}")
-        return f"http://127.0.0.1:{int(line.split()[1])}/mcp/"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 async def shared_client(target) -> list[object]:
@@ -187,37 +129,22 @@ async def proxy() -> list[object]:
     )
 
 
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
+    parser = command_line(__doc__, shapes=("client", "proxy"))
     parser.add_argument("--transport", choices=("http", "memory"), default="http")
-    parser.add_argument("--shape", choices=("client", "proxy"), default="client")
     args = parser.parse_args()
     if args.command == "serve":
-        serve()
+        serve_http(make_server().http_app())
         return 0
     trace()
     if args.shape == "proxy":
         results = asyncio.run(proxy())
     elif args.transport == "http":
-        with HttpServer() as url:
+        with HttpServer(HERE, "/mcp/") as url:
             results = asyncio.run(shared_client(url))
     else:
         results = asyncio.run(shared_client(make_server()))
-    import scopetrace
-
-    scopetrace.flush()
-    errors = [s for r in results if isinstance(r, BaseException) for s in _leaves(r)]
-    answers = [r for r in results if isinstance(r, str)]
-    print("RESULT " + json.dumps({"errors": errors, "answers": answers}), flush=True)
-    return 0
+    return finish(gathered(results))
 
 
 if __name__ == "__main__":

@@ -21,51 +21,22 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _driver import clean_env, command_line, finish, leaves, serve_add, trace
+
 HERE = Path(__file__).resolve()
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def serve() -> None:
-    from mcp.server.fastmcp import FastMCP
-
-    server = FastMCP("verify-langchain")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    server.run()
-
-
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
 async def app(out: dict[str, Any]) -> None:
     from langchain_mcp_adapters.client import MultiServerMCPClient
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
     client = MultiServerMCPClient({
-        "math": {"command": sys.executable, "args": [str(HERE), "serve"], "env": env, "transport": "stdio"},
+        "math": {"command": sys.executable, "args": [str(HERE), "serve"], "env": clean_env(), "transport": "stdio"},
     })
     context_manager = tuple(int(p) for p in version("langchain-mcp-adapters").split(".")[:2]) < (0, 1)
     tools: list[Any] = []
@@ -89,24 +60,18 @@ async def app(out: dict[str, Any]) -> None:
     try:
         await asyncio.create_task(shutdown(), name="shutdown")
     except BaseException as exc:
-        out["errors"] += _leaves(exc)
+        out["errors"] += leaves(exc)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     if args.command == "serve":
-        serve()
+        serve_add("verify-langchain")
         return 0
     trace()
     out: dict[str, Any] = {"errors": []}
     asyncio.run(app(out))
-    import scopetrace
-
-    scopetrace.flush()
-    print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
+    return finish(out, answer_has="5")
 
 
 if __name__ == "__main__":

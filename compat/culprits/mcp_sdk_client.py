@@ -22,43 +22,15 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from _driver import clean_env, command_line, finish, leaves, serve_add, trace
+
 HERE = Path(__file__).resolve()
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-
-
-def serve(name: str) -> None:
-    try:
-        from mcp.server.fastmcp import FastMCP as Server  # mcp 1.x
-    except ImportError:
-        from mcp.server import MCPServer as Server  # mcp 2.x
-
-    server = Server(name)
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    server.run()
 
 
 class ToolClient:
@@ -74,7 +46,7 @@ class ToolClient:
         from mcp.client.stdio import stdio_client
 
         params = StdioServerParameters(command=sys.executable, args=[str(HERE), "serve", "--name", self.name],
-                                       env=_clean_env())
+                                       env=clean_env())
         read, write = await self.exit_stack.enter_async_context(stdio_client(params))
         self.session = await self.exit_stack.enter_async_context(ClientSession(read, write))
         await self.session.initialize()
@@ -85,13 +57,6 @@ class ToolClient:
 
     async def cleanup(self) -> None:
         await self.exit_stack.aclose()
-
-
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
 
 
 async def split(out: dict[str, Any]) -> None:
@@ -108,7 +73,7 @@ async def split(out: dict[str, Any]) -> None:
     try:
         await asyncio.create_task(teardown(), name="cleanup-task")
     except BaseException as exc:
-        out["errors"] += _leaves(exc)
+        out["errors"] += leaves(exc)
 
 
 async def tg_child(out: dict[str, Any]) -> None:
@@ -124,30 +89,33 @@ async def tg_child(out: dict[str, Any]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(connector, name="connect")
     except BaseException as exc:  # anyio >= 4.14: the child's own end fails
-        out["errors"] += _leaves(exc)
+        out["errors"] += leaves(exc)
     try:
         await client.cleanup()
     except BaseException as exc:
-        out["errors"] += _leaves(exc)
+        out["errors"] += leaves(exc)
 
 
-async def out_of_order(out: dict[str, Any]) -> None:
+async def two_clients(out: dict[str, Any]) -> tuple[ToolClient, ToolClient]:
+    """Two clients connected one after the other in this task, both used."""
     first, second = ToolClient("first"), ToolClient("second")
     await first.connect()
     await second.connect()
     out["answer"] = await first.add(2, 3) + "," + await second.add(2, 3)
+    return first, second
+
+
+async def out_of_order(out: dict[str, Any]) -> None:
+    first, second = await two_clients(out)
     for client in (first, second):  # first-in-first-out: the bug
         try:
             await client.cleanup()
         except BaseException as exc:
-            out["errors"] += _leaves(exc)
+            out["errors"] += leaves(exc)
 
 
 async def same_task(out: dict[str, Any]) -> None:
-    first, second = ToolClient("first"), ToolClient("second")
-    await first.connect()
-    await second.connect()
-    out["answer"] = await first.add(2, 3) + "," + await second.add(2, 3)
+    first, second = await two_clients(out)
     await second.cleanup()
     await first.cleanup()
 
@@ -156,22 +124,16 @@ SHAPES = {"split": split, "tg-child": tg_child, "out-of-order": out_of_order, "s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
+    parser = command_line(__doc__, shapes=tuple(SHAPES))
     parser.add_argument("--name", default="probe", help="serve: the server's name")
-    parser.add_argument("--shape", choices=tuple(SHAPES), default="split")
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.name)
+        serve_add(args.name)
         return 0
     trace()
     out: dict[str, Any] = {"errors": []}
     asyncio.run(SHAPES[args.shape](out))
-    import scopetrace
-
-    scopetrace.flush()
-    print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
+    return finish(out, answer_has="5")
 
 
 if __name__ == "__main__":

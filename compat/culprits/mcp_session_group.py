@@ -19,53 +19,21 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from _driver import clean_env, command_line, finish, leaves, serve_add, trace
+
 HERE = Path(__file__).resolve()
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def serve() -> None:
-    try:
-        from mcp.server.fastmcp import FastMCP as Server  # mcp 1.x
-    except ImportError:
-        from mcp.server import MCPServer as Server  # mcp 2.x
-
-    server = Server("verify-group")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    server.run()
 
 
 def _params():
     from mcp import StdioServerParameters
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-    return StdioServerParameters(command=sys.executable, args=[str(HERE), "serve"], env=env)
-
-
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+    return StdioServerParameters(command=sys.executable, args=[str(HERE), "serve"], env=clean_env())
 
 
 async def external_stack(out: dict[str, Any]) -> None:
@@ -89,12 +57,9 @@ async def owned(out: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
-    parser.add_argument("--shape", choices=("external-stack", "owned"), default="external-stack")
-    args = parser.parse_args()
+    args = command_line(__doc__, shapes=("external-stack", "owned")).parse_args()
     if args.command == "serve":
-        serve()
+        serve_add("verify-group")
         return 0
     trace()
     out: dict[str, Any] = {"errors": []}
@@ -103,14 +68,10 @@ def main() -> int:
         try:
             await {"external-stack": external_stack, "owned": owned}[args.shape](out)
         except BaseException as exc:
-            out["errors"] += _leaves(exc)
+            out["errors"] += leaves(exc)
 
     asyncio.run(go())
-    import scopetrace
-
-    scopetrace.flush()
-    print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
+    return finish(out, answer_has="5")
 
 
 if __name__ == "__main__":

@@ -19,44 +19,17 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from _driver import LogHits, clean_env, command_line, finish, serve_add, trace
+
 HERE = Path(__file__).resolve()
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
-
-
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-
-
-def serve() -> None:
-    try:
-        from mcp.server.fastmcp import FastMCP as Server  # mcp 1.x
-    except ImportError:
-        from mcp.server import MCPServer as Server  # mcp 2.x
-
-    server = Server("verify-culprits-agents")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    server.run()
 
 
 def scripted_model():
@@ -91,21 +64,6 @@ def scripted_model():
             raise NotImplementedError
 
     return ScriptedModel()
-
-
-class Seen(logging.Handler):
-    """Every openai.agents record that mentions a cancel scope."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.hits: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += f" | {record.exc_info[1]}"
-        if "cancel scope" in text:
-            self.hits.append(text)
 
 
 async def run_agent(server) -> str:
@@ -153,32 +111,25 @@ async def manager(server, out: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
-    parser.add_argument("--shape", choices=("split", "manager"), default="split")
-    args = parser.parse_args()
+    args = command_line(__doc__, shapes=("split", "manager")).parse_args()
     if args.command == "serve":
-        serve()
+        serve_add("verify-culprits-agents")
         return 0
     trace()
-    seen = Seen()
+    # recent releases log the refused exit at DEBUG instead of raising it
+    seen = LogHits(lambda text: "cancel scope" in text, with_exception=True)
     logging.getLogger("openai.agents").addHandler(seen)
     logging.getLogger("openai.agents").setLevel(logging.DEBUG)
 
     from agents.mcp import MCPServerStdio
 
     server = MCPServerStdio(
-        params={"command": sys.executable, "args": [str(HERE), "serve"], "env": _clean_env()},
+        params={"command": sys.executable, "args": [str(HERE), "serve"], "env": clean_env()},
         name="verify-stdio",
     )
     out: dict[str, Any] = {"errors": []}
     asyncio.run({"split": split, "manager": manager}[args.shape](server, out))
-    import scopetrace
-
-    scopetrace.flush()
-    out["errors"] += seen.hits
-    print("RESULT " + json.dumps(out, default=str), flush=True)
-    return 0 if "5" in json.dumps(out.get("answer"), default=str) else 1
+    return finish(out, logged=seen.hits, answer_has="5")
 
 
 if __name__ == "__main__":

@@ -22,32 +22,25 @@ exporter at ``$VERIFY_CULPRITS_JSONL``; the last stdout line is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from _driver import HttpServer, command_line, finish, gathered, serve_http, trace
+
 HERE = Path(__file__).resolve()
+#: Tool name -> how long it sleeps, in seconds: different, so the calls overlap
+#: and finish in an order that is not the order they were made in.
 TOOLS = {"probe_a": 0.04, "probe_b": 0.01, "probe_c": 0.03, "probe_d": 0.02}
 
 
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-def serve() -> None:
-    import uvicorn
+def serve(server_name: str = "verify-culprits-pai") -> None:
+    """The MCP tool server (FastMCP, streamable HTTP, 127.0.0.1); also the one
+    compat/verify_pydantic_ai.py serves to tests/test_advisor_pydantic_ai.py."""
     from mcp.server.fastmcp import FastMCP
 
-    mcp = FastMCP("verify-culprits-pai")
+    mcp = FastMCP(server_name)
 
     def make_tool(name: str, seconds: float) -> None:
         async def tool(tag: str) -> str:
@@ -59,42 +52,7 @@ def serve() -> None:
 
     for name, seconds in TOOLS.items():
         make_tool(name, seconds)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(mcp.streamable_http_app(), log_level="warning", lifespan="on"))
-
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        print(f"PORT {sock.getsockname()[1]}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
-        server.should_exit = True
-        await serving
-
-    asyncio.run(main())
-
-
-class HttpServer:
-    def __enter__(self) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPETRACE")}
-        self.proc = subprocess.Popen([sys.executable, str(HERE), "serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"MCP server did not start: {line!r}")
-        return f"http://127.0.0.1:{int(line.split()[1])}/mcp"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    serve_http(mcp.streamable_http_app())
 
 
 def _model(name: str, entered: asyncio.Event, may_finish: asyncio.Event | None):
@@ -137,32 +95,15 @@ async def two_runs(url: str) -> list[Any]:
                                 asyncio.create_task(run_b(), name="run-B"), return_exceptions=True)
 
 
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     if args.command == "serve":
         serve()
         return 0
     trace()
-    with HttpServer() as url:
+    with HttpServer(HERE, "/mcp") as url:
         results = asyncio.run(two_runs(url))
-    import scopetrace
-
-    scopetrace.flush()
-    out = {
-        "errors": [s for r in results if isinstance(r, BaseException) for s in _leaves(r)],
-        "answers": [r for r in results if isinstance(r, str)],
-    }
-    print("RESULT " + json.dumps(out), flush=True)
-    return 0
+    return finish(gathered(results))
 
 
 if __name__ == "__main__":

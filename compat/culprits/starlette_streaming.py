@@ -26,22 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import socket
 import sys
 from itertools import count
 from typing import Any
 
+from _driver import finish, leaves, trace
 
-def trace() -> None:
-    import scopetrace
-
-    scopetrace.install(exporter="jsonl", jsonl_path=os.environ["VERIFY_CULPRITS_JSONL"],
-                       stack_depth=64, rate_limit=0)
-
-
-trace()
+trace()  # before anyio, starlette and uvicorn are imported
 
 import anyio  # noqa: E402
 import anyio.lowlevel  # noqa: E402
@@ -82,13 +74,6 @@ def make_app(variant: str) -> Starlette:
     return Starlette(routes=[Route("/stream", stream)])
 
 
-def _leaves(exc: BaseException) -> list[str]:
-    inner = getattr(exc, "exceptions", None)  # an exception group
-    if isinstance(inner, tuple):
-        return [s for e in inner for s in _leaves(e)]
-    return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
-
-
 def outer(app):
     """Records what escapes the app; signals the end of the request."""
 
@@ -98,7 +83,7 @@ def outer(app):
         try:
             await app(scope, receive, send)
         except BaseException as exc:
-            seen["errors"] += _leaves(exc)
+            seen["errors"] += leaves(exc)
             raise
         finally:
             assert request_done is not None
@@ -145,9 +130,5 @@ if __name__ == "__main__":
     parser.add_argument("--variant", choices=("bug", "closing"), default="bug")
     args = parser.parse_args()
     asyncio.run(main(args.variant))  # asyncio.run() finalizes the abandoned generator at the latest
-    import scopetrace
-
-    scopetrace.flush()
     seen["answer"] = "done"
-    print("RESULT " + json.dumps(seen), flush=True)
-    sys.exit(0)
+    sys.exit(finish(seen))

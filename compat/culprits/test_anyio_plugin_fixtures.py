@@ -8,37 +8,11 @@ Run by compat/verify_culprits.py as ``pytest --scopetrace``: nothing may be repo
 from __future__ import annotations
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
-import httpx
 import pytest
+from _driver import probe_session, worker_client
 
 pytestmark = pytest.mark.anyio
-
-
-class WorkerTransport(httpx.AsyncBaseTransport):
-    """An httpx transport whose ``__aenter__`` starts a worker in a task group."""
-
-    def __init__(self) -> None:
-        self._stop = anyio.Event()
-        self._tg: anyio.abc.TaskGroup | None = None
-
-    async def _worker(self) -> None:
-        await self._stop.wait()
-
-    async def __aenter__(self) -> WorkerTransport:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._worker)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        assert self._tg is not None
-        await self._tg.__aexit__(*exc_info)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, text="ok")
 
 
 @pytest.fixture
@@ -60,22 +34,13 @@ async def deadline():
 
 @pytest.fixture
 async def http_client():
-    async with httpx.AsyncClient(transport=WorkerTransport(), base_url="http://test") as client:
+    async with worker_client() as client:
         yield client
 
 
 @pytest.fixture
 async def mcp_session():
-    from mcp.server.fastmcp import FastMCP
-    from mcp.shared.memory import create_connected_server_and_client_session
-
-    server = FastMCP("probe")
-
-    @server.tool()
-    def echo(text: str) -> str:
-        return text
-
-    async with create_connected_server_and_client_session(server) as session:
+    async with probe_session() as session:
         yield session
 
 
