@@ -29,6 +29,7 @@ after a ``gc.collect()``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -47,7 +48,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "overhead.py")
 
 #: The ctypes trampoline every Python callback called from C goes through:
-#: callgrind collects exactly while it is on the stack.
+#: callgrind collects exactly while it is on the stack.  An LTO build (such as
+#: Debian's) names it closure_fcn.lto_priv.0: see toggle_symbol().
 TOGGLE_SYMBOL = "closure_fcn"
 #: Units run before the measured run: imports, caches and the first
 #: connections are then done, in the n run and the 0 run alike.
@@ -126,9 +128,29 @@ def run_worker(spec: str) -> None:
             _run_collected(lambda: mode.run(workload, 0))  # the first count
             gc.collect()
             cpu = _run_collected(lambda: mode.run(workload, job.n))  # the second
+            result.update(_traced_with())  # after the counts: nothing of it is counted
         result["cpu"] = cpu
         result["spans"] = _workloads.exported_spans()
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _traced_with() -> dict[str, str]:
+    """The recorder and the asyncio enter hook in place now (inside the mode).
+
+    What a ratio means depends on them: the recorder falls back to Python when
+    the accelerator was built for another interpreter or fails its self-check,
+    and the C hooks (``_speedups.ScopeHook``) need the C recorder and a GIL
+    build; elsewhere the hook is a Python function.
+    """
+    from scopetrace import _record
+
+    in_c = _record.ACCELERATED and _record.capture is not _record._py_capture
+    backend = sys.modules.get("anyio._backends._asyncio")
+    hook = "-"
+    if backend is not None:
+        kind = type(backend.CancelScope.__enter__)
+        hook = f"{kind.__module__}.{kind.__qualname__}"
+    return {"recorder": "C" if in_c else "python", "enter_hook": hook}
 
 
 def _peak_rss_kib() -> int:
@@ -185,7 +207,55 @@ def callgrind_available() -> str | None:
         ctypes.CDLL(None).qsort  # noqa: B018 - the lookup is the check
     except Exception as exc:  # pragma: no cover - ctypes is part of CPython here
         return f"ctypes cannot call libc qsort: {exc}"
+    if toggle_symbol() is None:
+        return (
+            f"callgrind sees no {TOGGLE_SYMBOL} in this interpreter's _ctypes: its symbols "
+            "are stripped (Debian's python3.X-dbg has them)"
+        )
     return None
+
+
+#: One callback through ctypes from qsort, as the worker makes them.
+_ONE_CALLBACK = (
+    "import ctypes\n"
+    "f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(lambda a, b: 0)\n"
+    "ctypes.CDLL(None).qsort((ctypes.c_int * 2)(0, 1), 2, ctypes.sizeof(ctypes.c_int), f)\n"
+)
+
+
+@functools.cache
+def toggle_symbol() -> str | None:
+    """The trampoline's name as this interpreter's build spells it, or None if
+    callgrind cannot see it.
+
+    --toggle-collect takes a wildcard, --dump-after only the exact name: one
+    short profile of one callback, collected only inside ``closure_fcn*``,
+    names it (once per process; a few seconds).
+    """
+    with tempfile.TemporaryDirectory(prefix="scopetrace-bench-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--collect-atstart=no",
+                f"--toggle-collect={TOGGLE_SYMBOL}*",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                _ONE_CALLBACK,
+            ],
+            capture_output=True,
+            env=worker_env(),
+            cwd=tmp,
+            check=False,
+        )
+        try:
+            with open(out) as f:
+                found = re.search(rf"^c?fn=\(\d+\) ({TOGGLE_SYMBOL}[\w.]*)$", f.read(), re.M)
+        except OSError:
+            found = None
+    return found.group(1) if found else None
 
 
 def _result(stdout: str, job: Job, stderr: str) -> dict[str, Any]:
@@ -204,8 +274,8 @@ def _instructions(job: Job) -> tuple[int, int, dict[str, Any]]:
                 "valgrind",
                 "--tool=callgrind",
                 "--collect-atstart=no",
-                f"--toggle-collect={TOGGLE_SYMBOL}",
-                f"--dump-after={TOGGLE_SYMBOL}",
+                f"--toggle-collect={toggle_symbol() or TOGGLE_SYMBOL}",
+                f"--dump-after={toggle_symbol() or TOGGLE_SYMBOL}",
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 *job.argv(),
@@ -249,12 +319,16 @@ class Count:
 
     per_unit: float
     spans_per_unit: float
+    #: What traced it (see _traced_with); "" from a worker that did not say.
+    recorder: str = ""
+    enter_hook: str = ""
 
 
 def instructions_per_unit(jobs: Iterable[Job], parallel: int) -> dict[Job, Count]:
     """``(count(n) - count(0)) / n`` for every job, running workers in parallel."""
     jobs = list(jobs)
     done = 0
+    toggle_symbol()  # once, before the threads
 
     def run(job: Job) -> tuple[int, int, dict[str, Any]]:
         nonlocal done
@@ -266,7 +340,12 @@ def instructions_per_unit(jobs: Iterable[Job], parallel: int) -> dict[Job, Count
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         counted = list(pool.map(run, jobs))
     return {
-        job: Count((full - empty) / job.n, result.get("spans", 0) / job.n)
+        job: Count(
+            (full - empty) / job.n,
+            result.get("spans", 0) / job.n,
+            result.get("recorder", ""),
+            result.get("enter_hook", ""),
+        )
         for job, (empty, full, result) in zip(jobs, counted)
     }
 

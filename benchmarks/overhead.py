@@ -3,6 +3,8 @@
     python benchmarks/overhead.py            # full run: instruction counts + CPU time
     python benchmarks/overhead.py --quick    # seconds; CPU time only (the smoke test)
     python benchmarks/overhead.py --check    # exit 1 if a budget is exceeded
+    python benchmarks/overhead.py --interpreters auto   # the counted ratios per interpreter
+
 
 Each ratio is the cost with tracing at default settings divided by the cost of
 plain anyio on the same work.  Instruction counts (callgrind) are the primary
@@ -15,6 +17,10 @@ The last line is machine-readable::
     memory_ratio=E debug_mode_ratio=F naive_ratio=G
 
 (one line; debug mode and the naive tracer on the micro pair, against plain).
+
+``--counts-only`` takes the instruction counts of the budgeted workloads
+(plain and traced) and nothing else; ``--interpreters`` (interpreters.py) runs
+it in a venv of each interpreter it finds and prints one table of them all.
 """
 
 from __future__ import annotations
@@ -62,6 +68,11 @@ LAST_LINE_KEYS = (
     "debug_mode_ratio",
     "naive_ratio",
 )
+
+#: What --counts-only counts: the workloads with an instruction-count budget.
+#: The memory budget is left to the full run: it is the one figure that is
+#: not a count, and it needs ~2 minutes of fresh processes of its own.
+COUNTED_BUDGET = ("micro_pair", "taskgroup", "echo", "realistic")
 
 #: The settings table: stack depths priced with each stack recorder.
 DEPTHS = (0, 4, 8, 16, 32)
@@ -147,6 +158,17 @@ def count_all(plan: Plan, parallel: int) -> dict[str, Any]:
     jobs["violation/plain"] = Job("violation", "plain", v)
     jobs["violation/unlimited"] = Job("violation", "traced", v, UNLIMITED)
     jobs["violation/default"] = Job("violation", "traced", v)
+    counts = _measure.instructions_per_unit(jobs.values(), parallel)
+    return {name: counts[job] for name, job in jobs.items()}
+
+
+def count_budgeted(plan: Plan, parallel: int) -> dict[str, Any]:
+    """The instruction counts of --counts-only: the budgeted workloads, plain and traced."""
+    jobs = {
+        f"{workload}/{mode}": Job(workload, mode, plan.counted[workload])
+        for workload in COUNTED_BUDGET
+        for mode in ("plain", "traced")
+    }
     counts = _measure.instructions_per_unit(jobs.values(), parallel)
     return {name: counts[job] for name, job in jobs.items()}
 
@@ -380,6 +402,50 @@ def report(
     return lines, ratios
 
 
+def report_budgeted(counted: dict[str, Any]) -> tuple[list[str], str]:
+    """The --counts-only table, and its last line (which --interpreters parses).
+
+    The last line says which interpreter this is and what traced it: a
+    recorder that fell back to Python (an extension built for another
+    interpreter, or none built) or the Python hooks instead of the C ones
+    change the ratios, and a table of interpreters must show why.
+    """
+    import sysconfig
+    from importlib.metadata import version
+
+    rows = []
+    fields = {
+        "interpreter": platform.python_version(),
+        # 0 on a free-threaded build running without the GIL.
+        "gil": str(int(getattr(sys, "_is_gil_enabled", lambda: True)())),
+        "free_threaded": str(int(bool(sysconfig.get_config_var("Py_GIL_DISABLED")))),
+        # As the traced workers saw them (every worker runs the same install).
+        "recorder": counted["micro_pair/traced"].recorder,
+        "enter_hook": counted["micro_pair/traced"].enter_hook,
+        "anyio": version("anyio"),
+    }
+    for name in COUNTED_BUDGET:
+        plain, traced = counted[f"{name}/plain"], counted[f"{name}/traced"]
+        ratio = traced.per_unit / plain.per_unit
+        limit = BUDGET[f"{name}_ratio"]
+        rows.append(
+            [name, OVERHEAD[name], f"{plain.per_unit:,.0f}", f"{traced.per_unit:,.0f}",
+             _fmt_ratio(ratio), f"<= {limit:.2f}", "ok" if ratio <= limit else "OVER"]
+        )
+        fields[f"{name}_ratio"] = f"{ratio:.4f}"
+        fields[f"{name}_plain"] = f"{plain.per_unit:.0f}"
+        fields[f"{name}_traced"] = f"{traced.per_unit:.0f}"
+    lines = _table(
+        "Instructions per unit, budgeted workloads (memory: not measured by --counts-only)",
+        ["workload", "unit", "plain instr", "traced instr", "ratio", "budget", ""],
+        rows,
+    )
+    lines.append(
+        f"traced with: {fields['recorder']} recorder, asyncio enter hook {fields['enter_hook']}"
+    )
+    return lines, " ".join(f"{key}={value}" for key, value in fields.items())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: seconds, not minutes")
@@ -393,11 +459,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel valgrind workers"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a budget is exceeded")
+    parser.add_argument(
+        "--counts-only",
+        action="store_true",
+        help="instruction counts of " + ", ".join(COUNTED_BUDGET) + " (plain and traced) "
+        "only: no CPU time, settings, violation path or memory",
+    )
+    parser.add_argument(
+        "--interpreters",
+        metavar="auto|NAME-OR-PATH,...",
+        help="--counts-only in a venv of each interpreter (auto: pyenv's 3.10-3.13, and "
+        "3.14/3.15 from .ci/newest-pythons.sh; or names like 3.12,3.14t, or paths), "
+        "one table of them all; see interpreters.py",
+    )
+    parser.add_argument(
+        "--rev",
+        help="with --interpreters: install this git revision (e.g. HEAD), "
+        "not the work tree's files as they are",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         _measure.run_worker(args.worker)
         return 0
+    if args.interpreters is not None:
+        # Before the clean-up below: .ci/newest-pythons.sh reads its
+        # SCOPETRACE_CHROOT_* settings (every run it starts is cleaned itself).
+        import interpreters
+
+        return interpreters.main(
+            args.interpreters, rev=args.rev, quick=args.quick, jobs=args.jobs, check=args.check
+        )
+    if args.rev is not None:
+        parser.error("--rev needs --interpreters")
 
     # Defaults are what is measured: settings from the environment do not leak
     # in, and a start-up activation (SCOPETRACE=1) must not trace the plain runs.
@@ -413,9 +507,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in machine():
         print(line, flush=True)
 
-    counted = None
-    why_not = _measure.callgrind_available()
     use_callgrind = args.method == "callgrind" or (args.method == "auto" and not args.quick)
+    # Only where counts are wanted: the check runs valgrind once (~2 s).
+    why_not = _measure.callgrind_available() if use_callgrind or args.counts_only else None
+    if args.counts_only:
+        if why_not is not None:
+            print(f"error: {why_not}", file=sys.stderr)
+            return 2
+        print(f"method:   callgrind instruction counts only ({args.jobs} parallel workers)",
+              flush=True)
+        budgeted = count_budgeted(plan, args.jobs)
+        lines, last = report_budgeted(budgeted)
+        for line in lines:
+            print(line)
+        print(f"\n({time.monotonic() - started:.0f} s)")
+        print(last, flush=True)
+        over = any(
+            budgeted[f"{w}/traced"].per_unit / budgeted[f"{w}/plain"].per_unit
+            > BUDGET[f"{w}_ratio"]
+            for w in COUNTED_BUDGET
+        )
+        return 1 if args.check and over else 0
+
+    counted = None
     if use_callgrind and why_not is not None:
         if args.method == "callgrind":
             print(f"error: {why_not}", file=sys.stderr)

@@ -254,7 +254,23 @@ def test_claude_sdk_shape(
     name, options = backend
     anyio.run(main, backend=name, backend_options=options)
     assert seen and seen[0].kind == semconv.KIND_WRONG_TASK
-    assert seen[0].advice == advice
+    assert seen[0].advice == _and_anyio_spin(advice)
+
+
+def _and_anyio_spin(advice: str | None) -> str | None:
+    """The advice when the opener ended inside the scope: below anyio 4.14.2
+    (the matrix's lowest cells) the known-bug table adds the event-loop spin
+    that such a scope causes there (agronholm/anyio#1111)."""
+    installed = _packages.version_of(("anyio",))
+    if installed is None or version_key(installed) >= version_key("4.14.2"):
+        return advice
+    spin = (
+        f"anyio {installed} is affected by agronholm/anyio#1111, fixed in 4.14.2 "
+        "(agronholm/anyio#1217): raise the anyio floor to >=4.14.2: older releases can spin "
+        "the event loop at 100% CPU in CancelScope._deliver_cancellation after this violation "
+        "(a finished task left in the scope); fixing the culprit above removes the cause"
+    )
+    return f"{advice}; also: {spin}" if advice else spin
 
 
 @pytest.mark.slow

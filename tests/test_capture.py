@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextvars
 import gc
+import os
 import itertools
 import sys
 import sysconfig
@@ -35,6 +36,24 @@ except ImportError:
     c_capture = None
 
 needs_c = pytest.mark.skipif(c_capture is None, reason="scopetrace._speedups is not built")
+
+
+@pytest.mark.skipif(
+    os.environ.get("SCOPETRACE_TEST_REQUIRE_SPEEDUPS") != "1",
+    reason="the accelerator is optional; CI sets SCOPETRACE_TEST_REQUIRE_SPEEDUPS=1",
+)
+def test_ci_builds_and_uses_the_accelerator() -> None:
+    """Regression: a compile error in _speedups.c (a missing <stddef.h> on
+    3.10, 3.14 and 3.15) silently left the matrix cells on those versions
+    testing the pure-Python fallback, since the extension is optional."""
+    assert c_capture is not None, "scopetrace._speedups did not build"
+    assert _capture.capture is c_capture, "the accelerator failed its self-check"
+    from scopetrace import _speedups
+
+    # The C hooks share unsynchronised state: GIL builds only.
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert hasattr(_speedups, "ScopeHook") is not free_threaded
+
 
 IMPLS = [
     pytest.param(_py_capture, id="py"),

@@ -87,9 +87,25 @@ def _has_metadata(listing: dict[str, tuple[Distribution, str]] | None) -> bool:
     return bool(listing) and any(meta.endswith(".dist-info") for _, meta in listing.values())  # type: ignore[union-attr]
 
 
+#: filename -> its realpath: resolving one is a few lstat() calls, and the
+#: reporting thread (an event loop) asks for the same few files at every
+#: violation of a storm.  Bounded: cleared when full.
+_real: dict[str, str] = {}
+_REAL_MAX = 4096
+
+
+def _realpath(filename: str) -> str:
+    real = _real.get(filename)
+    if real is None:
+        if len(_real) >= _REAL_MAX:
+            _real.clear()
+        real = _real[filename] = os.path.realpath(filename)
+    return real
+
+
 def top_level(filename: str, thorough: bool = False) -> tuple[str, str] | None:
     """``(site directory, top-level name)`` of a file in a site directory, else None."""
-    path = os.path.realpath(filename) if os.path.isabs(filename) else filename
+    path = _realpath(filename) if os.path.isabs(filename) else filename
     for site in _site_dirs(thorough):
         if path.startswith(site):
             first = path[len(site) :].split(os.sep, 1)[0]
@@ -198,4 +214,5 @@ def forget() -> None:
     with _lock:
         _listings.clear()
         _owners.clear()
+        _real.clear()
         _sites = ((), [], [])

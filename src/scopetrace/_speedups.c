@@ -29,20 +29,27 @@
 #include <Python.h>
 #include <frameobject.h> /* 3.10: the frame struct, for f_lasti */
 #include <stdatomic.h>
+#include <stddef.h> /* offsetof */
 #include <string.h>
 #include <time.h>
 
-/* On 3.11 to 3.13 the walk reads the interpreter's own frame chain
+/* On 3.11 to 3.15 the walk reads the interpreter's own frame chain
  * (_PyInterpreterFrame), because the public API (PyEval_GetFrame,
  * PyFrame_GetBack) creates a frame object, ~450 instructions, for every frame
  * that has none yet: the wrapper's own frame on every call, and every fresh
- * frame of the stack.  That chain is private and changes with every minor
- * version, so this is only done for the versions whose layout was checked
- * against their headers; the extension is compiled per minor version (the
- * wheel is version-tagged), so the headers used are the ones of the
- * interpreter that loads it.  3.10, unknown versions (3.14+) and free-threaded
- * builds walk frame objects through the public API. */
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 \
+ * frame of the stack.  On 3.14 that alone put the echo and HTTP workloads
+ * over their budgets (x1.058 and x1.025: benchmarks/interpreters.py).  The
+ * chain is private and changes with every minor version, so this is only
+ * done for the versions whose layout was checked against their headers; the
+ * extension is compiled per minor version (the wheel is version-tagged), so
+ * the headers used are the ones of the interpreter that loads it, and at
+ * import _record.py compares one walk with the Python one and falls back on
+ * any difference.  There is no supported way to walk the chain: the
+ * PyUnstable_InterpreterFrame_* functions read a frame one has (their code is
+ * inlined below: as calls they cost the HTTP workload another 0.4%), not the
+ * link to its caller.  3.10, unknown versions (3.16+) and free-threaded builds
+ * walk frame objects through the public API. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x03100000 \
     && !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
 #  define WALK_INTERPRETER_FRAMES 1
 /* The internal headers refuse to compile without it.  Defined only around
@@ -51,7 +58,11 @@
 #    define Py_BUILD_CORE
 #    define UNDEF_PY_BUILD_CORE
 #  endif
-#  include <internal/pycore_frame.h>
+#  if PY_VERSION_HEX >= 0x030E0000
+#    include <internal/pycore_interpframe.h>
+#  else
+#    include <internal/pycore_frame.h>
+#  endif
 #  ifdef UNDEF_PY_BUILD_CORE
 #    undef Py_BUILD_CORE
 #    undef UNDEF_PY_BUILD_CORE
@@ -82,10 +93,26 @@ static PyObject *loop_codes[MAX_LOOP_FRAMES];
  * serialised by stop_at_lock. */
 static atomic_int n_loop_codes = 0;
 static PyThread_type_lock stop_at_lock = NULL;
+/* One bit per loop code, by address: most frames of a walk are not loop
+ * frames, and one test of this word answers for them instead of a scan of
+ * the table per frame (~190 instructions per record of a web request).  A
+ * bit is set after its slot is published; a reader that misses a bit being
+ * set walks one frame further, once. */
+static atomic_uint_fast64_t loop_filter = 0;
+
+static inline uint64_t
+loop_bit(PyObject *code)
+{
+    uintptr_t p = (uintptr_t)code;
+    return (uint64_t)1 << ((p >> 4 ^ p >> 10) & 63);
+}
 
 static inline int
 is_loop_code(PyObject *code)
 {
+    if (!(atomic_load_explicit(&loop_filter, memory_order_relaxed) & loop_bit(code))) {
+        return 0;
+    }
     int n = atomic_load_explicit(&n_loop_codes, memory_order_acquire);
     for (int i = 0; i < n; i++) {
         if (loop_codes[i] == code) {
@@ -163,6 +190,17 @@ typedef _PyInterpreterFrame *Cursor;
 static inline int
 is_hidden(_PyInterpreterFrame *f)
 {
+#if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14: interpreter-owned (entry) and C-stack frames, then anything
+     * whose executable is not a code object, then not yet started. */
+    if (f->owner >= FRAME_OWNED_BY_INTERPRETER) {
+        return 1;
+    }
+    if (!PyCode_Check(PyStackRef_AsPyObjectBorrow(f->f_executable))) {
+        return 1;
+    }
+    return _PyFrame_IsIncomplete(f);
+#else
 #if PY_VERSION_HEX >= 0x030C0000
     if (f->owner == FRAME_OWNED_BY_CSTACK) {
         return 1;
@@ -174,6 +212,7 @@ is_hidden(_PyInterpreterFrame *f)
     }
 #endif
     return _PyFrame_IsIncomplete(f);
+#endif
 }
 
 /* The frame itself or the first visible one out from it: CPython's
@@ -212,7 +251,11 @@ walk_back(Cursor f)
 static inline PyObject *
 walk_code(Cursor f)
 {
-#if PY_VERSION_HEX >= 0x030D0000
+#if PY_VERSION_HEX >= 0x030E0000
+    /* What PyUnstable_InterpreterFrame_GetCode() does, without its call:
+     * a code object (is_hidden() checked). */
+    return Py_NewRef(PyStackRef_AsPyObjectBorrow(f->f_executable));
+#elif PY_VERSION_HEX >= 0x030D0000
     return Py_NewRef(f->f_executable); /* a code object: is_hidden() checked */
 #else
     return Py_NewRef((PyObject *)f->f_code);
@@ -224,6 +267,7 @@ walk_code(Cursor f)
 static inline int
 walk_lasti(Cursor f)
 {
+    /* PyUnstable_InterpreterFrame_GetLasti() on 3.14+, inlined. */
     int lasti = _PyInterpreterFrame_LASTI(f);
     if (lasti < 0) {
         return -1;
@@ -926,6 +970,7 @@ stop_at(PyObject *Py_UNUSED(module), PyObject *code)
             /* Never released: module-level functions of the loops. */
             loop_codes[n] = Py_NewRef(code);
             atomic_store_explicit(&n_loop_codes, n + 1, memory_order_release);
+            atomic_fetch_or_explicit(&loop_filter, loop_bit(code), memory_order_release);
         }
     }
     PyThread_release_lock(stop_at_lock);

@@ -253,6 +253,14 @@ def describe(task: Any) -> TaskDescription:
     return str(name), id(task), coro, running
 
 
+def _described(task: Any, raw: tuple[Any, Any] | None) -> TaskDescription:
+    """The description of an ended task, from the name and coroutine taken
+    while it ran (see Watcher._arm)."""
+    if raw is None or not isinstance(raw[1], str):
+        return describe(task)
+    return str(raw[0]), id(task), raw[1], False
+
+
 def _is_finalizer(task: Any) -> bool:
     try:
         return type(_coro_of(task)).__name__ in _FINALIZER_COROUTINES
@@ -378,10 +386,12 @@ class Watcher:
     def __init__(self, runtime: Runtime, task_states: Any) -> None:
         self.runtime = runtime
         self.task_states = task_states
-        #: id(task) -> (ref(task), description taken while it ran, callback,
-        #: armed to its end): a task the eager task factory ran to completion
-        #: has no name or coroutine left to describe.
-        self.watched: dict[int, tuple[Any, TaskDescription, Any, bool]] = {}
+        #: id(task) -> (ref(task), anyio's TaskState, (name, coroutine
+        #: qualname) taken while it ran, armed to its end): a task the eager
+        #: task factory ran to completion has no coroutine left to name.  Only
+        #: the strings are kept: the coroutine itself would keep the frame and
+        #: locals of a task destroyed while pending.
+        self.watched: dict[int, tuple[Any, Any, tuple[Any, Any] | None, bool]] = {}
         #: id(task) -> ref(task) of tasks disarmed at a top-level exit: if one
         #: enters another top-level scope, it is armed to its end.
         self._recent: dict[int, weakref.ref[Any]] = {}
@@ -390,6 +400,16 @@ class Watcher:
         self._early: set[int] = set()
         #: What the enter hook compares tasks with before any task was watched.
         self.nobody = weakref.ref(self)
+        self._on_end = self._ended
+        #: anyio's TaskState of a task, given a weak reference to it: straight
+        #: from the WeakKeyDictionary's own table where it is one (its get()
+        #: makes that reference again, in a Python frame, at every request).
+        data = getattr(task_states, "data", None)
+        self._states_data: dict[Any, Any] | None = (
+            data
+            if isinstance(task_states, weakref.WeakKeyDictionary) and isinstance(data, dict)
+            else None
+        )
         #: An empty context for the callbacks, one per thread (a context can
         #: be entered by one thread at a time; a task's callbacks run in its
         #: loop's thread).  By default each callback would hold a copy of the
@@ -424,7 +444,7 @@ class Watcher:
         if entry is None or entry[3] or entry[0]() is not task:
             return
         del self.watched[key]
-        task.remove_done_callback(entry[2])  # never scheduled: it costs nothing more
+        task.remove_done_callback(self._on_end)  # never scheduled: it costs nothing more
         recent = self._recent
         if len(recent) >= self.RECENT:
             recent.clear()
@@ -446,17 +466,26 @@ class Watcher:
 
     def _arm(self, task: Any, to_the_end: bool) -> weakref.ref[Any] | None:
         ref = weakref.ref(task)
+        # The name now, formatted only if there is a report (a request's task
+        # is armed at every request: describe() would cost more than the arming).
+        try:
+            raw: tuple[Any, Any] | None = (task.get_name(), task.get_coro().__qualname__)
+        except Exception:
+            raw = None
         # Keep anyio's TaskState: anyio deletes it for task-group children in
         # its own done-callback, which runs before ours.
-        callback = functools.partial(self._ended, self.task_states.get(task))
-        self.watched[id(task)] = (ref, describe(task), callback, to_the_end)
+        data = self._states_data
+        state = data.get(ref) if data is not None else self.task_states.get(task)
+        self.watched[id(task)] = (ref, state, raw, to_the_end)
         if len(self.watched) > self._sweep_at:
             self._sweep()
         try:
             context = self._contexts.empty
         except AttributeError:
             context = self._contexts.empty = contextvars.Context()
-        task.add_done_callback(callback, context=context)
+        # One bound method for every task: remove_done_callback() finds it by
+        # equality, and no partial is built per task.
+        task.add_done_callback(self._on_end, context=context)
         return ref if to_the_end else None
 
     def _sweep(self) -> None:
@@ -467,9 +496,11 @@ class Watcher:
                 self.watched.pop(key, None)
         self._sweep_at = max(1024, 2 * len(self.watched))
 
-    def _ended(self, state: Any, task: Any) -> None:
+    def _ended(self, task: Any) -> None:
         entry = self.watched.pop(id(task), None)
-        described = entry[1] if entry is not None and entry[0]() is task else None
+        ours = entry is not None and entry[0]() is task
+        state = entry[1] if ours else self.task_states.get(task)  # type: ignore[index]
+        described = _described(task, entry[2]) if ours else None  # type: ignore[index]
         try:
             left_open = open_scopes(state, task)
             scopes = [
@@ -499,7 +530,7 @@ class Watcher:
             ):
                 return
             self._early.add(id(scope))
-            self._report([scope], host, entry[1])
+            self._report([scope], host, _described(host, entry[2]))
         except Exception:
             # The violation report that follows must not be lost with it.
             self.runtime.internal_error("asyncio orphan report")

@@ -16,6 +16,7 @@ changes.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -28,9 +29,11 @@ from .._version import __version__
 SPAN_DELAY = 0.2
 #: Longest a changed counter waits before it is sent, in seconds.
 METRIC_DELAY = 0.2
-#: Between two exports on the timer the SDK would otherwise run (one hour:
-#: metrics are pushed by :meth:`EmbeddedOtlp.nudge`, not on a schedule).
-_IDLE_INTERVAL_MS = 3_600_000
+#: No timer of the SDK's own: metrics are pushed by :meth:`EmbeddedOtlp.nudge`,
+#: not on a schedule, and with an infinite interval the reader starts no
+#: thread -- which at interpreter shutdown it could not (3.12.0 and 3.12.1
+#: refuse new threads in atexit handlers).
+_IDLE_INTERVAL_MS = math.inf
 
 
 def _resource(resource_type: type) -> Any:
