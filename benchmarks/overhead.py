@@ -110,7 +110,7 @@ FULL = Plan(
     },
     rounds=11,
     memory_requests=2000,
-    memory_repeat=3,
+    memory_repeat=5,
 )
 QUICK = Plan(
     counted={
@@ -331,8 +331,7 @@ def report(
 
     # Memory on the realistic service.
     plain_m, traced_m = mem["plain"], mem["traced"]
-    rss_ratio = traced_m["maxrss_kib"] / plain_m["maxrss_kib"]
-    load_ratio = traced_m["load_peak"] / plain_m["load_peak"]
+    rss_ratio, load_ratio = memory_ratios(mem)
     rows = [
         [
             mode,
@@ -402,7 +401,15 @@ def report(
     return lines, ratios
 
 
-def report_budgeted(counted: dict[str, Any]) -> tuple[list[str], str]:
+def memory_ratios(mem: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """Peak RSS and the heap's peak during the load, traced / plain."""
+    plain, traced = mem["plain"], mem["traced"]
+    return traced["maxrss_kib"] / plain["maxrss_kib"], traced["load_peak"] / plain["load_peak"]
+
+
+def report_budgeted(
+    counted: dict[str, Any], mem: dict[str, dict[str, float]] | None = None
+) -> tuple[list[str], str]:
     """The --counts-only table, and its last line (which --interpreters parses).
 
     The last line says which interpreter this is and what traced it: a
@@ -443,6 +450,18 @@ def report_budgeted(counted: dict[str, Any]) -> tuple[list[str], str]:
     lines.append(
         f"traced with: {fields['recorder']} recorder, asyncio enter hook {fields['enter_hook']}"
     )
+    if mem is not None:
+        rss_ratio, load_ratio = memory_ratios(mem)
+        ratio = max(rss_ratio, load_ratio)
+        limit = BUDGET["memory_ratio"]
+        lines.append(
+            f"memory (realistic service): peak RSS {_fmt_ratio(rss_ratio)}, heap peak during "
+            f"the load {_fmt_ratio(load_ratio)}: {_fmt_ratio(ratio)} <= {limit:.2f} "
+            + ("ok" if ratio <= limit else "OVER")
+        )
+        fields["memory_ratio"] = f"{ratio:.4f}"
+        fields["memory_rss_ratio"] = f"{rss_ratio:.4f}"
+        fields["memory_load_ratio"] = f"{load_ratio:.4f}"
     return lines, " ".join(f"{key}={value}" for key, value in fields.items())
 
 
@@ -464,6 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="instruction counts of " + ", ".join(COUNTED_BUDGET) + " (plain and traced) "
         "only: no CPU time, settings, violation path or memory",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="with --counts-only or --interpreters: the memory budget too (fresh processes "
+        "of the realistic service, a few minutes)",
     )
     parser.add_argument(
         "--interpreters",
@@ -488,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import interpreters
 
         return interpreters.main(
-            args.interpreters, rev=args.rev, quick=args.quick, jobs=args.jobs, check=args.check
+            args.interpreters, rev=args.rev, quick=args.quick, jobs=args.jobs, check=args.check,
+            memory=args.memory,
         )
     if args.rev is not None:
         parser.error("--rev needs --interpreters")
@@ -517,7 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"method:   callgrind instruction counts only ({args.jobs} parallel workers)",
               flush=True)
         budgeted = count_budgeted(plan, args.jobs)
-        lines, last = report_budgeted(budgeted)
+        mem = None
+        if args.memory:
+            mem = _measure.memory(
+                "realistic", plan.memory_requests, ("plain", "traced"), plan.memory_repeat,
+                args.jobs,
+            )
+        lines, last = report_budgeted(budgeted, mem)
         for line in lines:
             print(line)
         print(f"\n({time.monotonic() - started:.0f} s)")
@@ -526,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             budgeted[f"{w}/traced"].per_unit / budgeted[f"{w}/plain"].per_unit
             > BUDGET[f"{w}_ratio"]
             for w in COUNTED_BUDGET
-        )
+        ) or (mem is not None and max(memory_ratios(mem)) > BUDGET["memory_ratio"])
         return 1 if args.check and over else 0
 
     counted = None

@@ -137,6 +137,7 @@ def test_asyncgen_abandoned_by_its_consumer(traced: Any) -> None:
 def test_properly_exited_scopes_are_not_orphans(backend: Any, traced: Any) -> None:
     """with-blocks, nesting, timeouts, cancellation, task groups and start()."""
     started = []
+    timed_out: list[anyio.Event] = []  # made inside the run: an Event needs its loop
 
     async def service(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope():
@@ -144,6 +145,7 @@ def test_properly_exited_scopes_are_not_orphans(backend: Any, traced: Any) -> No
             with anyio.move_on_after(0.001):
                 await anyio.sleep(1)
         started.append(True)
+        timed_out[0].set()
 
     async def child(ev: anyio.Event) -> None:
         with anyio.CancelScope():
@@ -152,6 +154,7 @@ def test_properly_exited_scopes_are_not_orphans(backend: Any, traced: Any) -> No
             await ev.wait()
 
     async def main() -> None:
+        timed_out.append(anyio.Event())
         with anyio.CancelScope():
             with anyio.CancelScope(shield=True):
                 await anyio.sleep(0)
@@ -164,7 +167,9 @@ def test_properly_exited_scopes_are_not_orphans(backend: Any, traced: Any) -> No
             tg.start_soon(anyio.sleep, 1)
             await anyio.sleep(0)
             ev.set()
-            await anyio.sleep(0.01)
+            # Not a sleep: on a loaded machine 10 ms did not always see the
+            # 1 ms timeout fire first (the trio cell of the matrix, once).
+            await timed_out[0].wait()
             tg.cancel_scope.cancel()
         await plain_tasks(lambda: child(ev))
         await anyio.sleep(0)
