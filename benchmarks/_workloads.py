@@ -16,6 +16,7 @@ the naive ``traceback.extract_stack()`` tracer (``naive``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 import traceback
@@ -29,6 +30,11 @@ Workload = Callable[[int], Awaitable[float]]
 
 #: Concurrent clients of the echo and HTTP workloads.
 CLIENTS = 10
+#: Memory runs only (see _measure.run_worker): with the collector's automatic
+#: runs off, the HTTP workload collects after every this many requests, so
+#: that a peak compares live objects plus one fixed window of garbage, not
+#: wherever the collector's thresholds happened to fall in each mode.
+COLLECT_EVERY = 0
 #: Children of one task-group fan-out.
 FAN_OUT = 10
 #: Echoed message size in bytes.
@@ -179,11 +185,17 @@ async def realistic(n: int) -> float:
     url = "http://127.0.0.1:%d/answer" % sock.getsockname()[1]
     await server.startup(sockets=[sock])
 
+    done = 0
+
     async def client(http: Any, i: int, count: int) -> None:
+        nonlocal done
         for j in range(count):
             response = await http.get(url, params={"q": f"client {i} request {j}"})
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+            done += 1
+            if COLLECT_EVERY and done % COLLECT_EVERY == 0:
+                gc.collect()
 
     # One pooled client, connected before the measured section: building a
     # client's SSL context (even for plain HTTP) is no part of a request.

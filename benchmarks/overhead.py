@@ -514,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return interpreters.main(
             args.interpreters, rev=args.rev, quick=args.quick, jobs=args.jobs, check=args.check,
-            memory=args.memory,
+            limits=BUDGET, workloads=COUNTED_BUDGET, memory=args.memory,
         )
     if args.rev is not None:
         parser.error("--rev needs --interpreters")

@@ -105,3 +105,34 @@ def test_instruction_counts_price_the_tracer(measure_module: object) -> None:
     # naive tracer's extract_stack() far more.
     assert 5_000 < plain < 200_000
     assert plain < traced < naive
+
+
+def test_per_interpreter_table_flags_what_is_over_budget() -> None:
+    """``overhead.py --interpreters``: the last line of each interpreter's
+    counts-only run becomes a row, over-budget ratios say so, and --check
+    counts them (the numbers are made up; the table is not)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import interpreters
+        import overhead
+    finally:
+        sys.path.remove(BENCHMARKS)
+    line = (
+        "interpreter=3.14.10 gil=1 free_threaded=0 recorder=C "
+        "enter_hook=scopetrace._speedups.ScopeHook anyio=4.16.0 "
+        + " ".join(
+            f"{w}_ratio={r} {w}_plain=1000 {w}_traced={int(1000 * float(r))}"
+            for w, r in zip(overhead.COUNTED_BUDGET, ("1.10", "1.04", "1.06", "1.019"))
+        )
+        + " memory_ratio=1.03 memory_rss_ratio=1.03 memory_load_ratio=1.01"
+    )
+    outcome = interpreters.Outcome(interpreters.Interpreter("3.14", "/usr/bin/python3.14"))
+    outcome.fields = dict(token.split("=", 1) for token in line.split())
+    budget = {f"{w}_ratio": overhead.BUDGET[f"{w}_ratio"] for w in overhead.COUNTED_BUDGET}
+    budget["memory_ratio"] = overhead.BUDGET["memory_ratio"]
+    assert interpreters.over(outcome, budget) == ["echo_ratio"]
+    text = "\n".join(interpreters.report([outcome], [], budget, overhead.COUNTED_BUDGET))
+    row = next(r for r in text.splitlines() if r.startswith("3.14.10 "))
+    assert "x1.060 OVER" in row and "x1.019 ok" in row and "ScopeHook" in row
+    assert "x1.030 ok" in text  # the memory table
+    assert text.rstrip().endswith(line)
