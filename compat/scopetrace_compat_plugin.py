@@ -174,11 +174,14 @@ def _first_line(report: pytest.TestReport) -> str:
 
 def _is_ours(func: Any) -> bool:
     # functools.wraps copies __module__ and __qualname__ from anyio's method,
-    # so look at where the code of each layer of wrapping was defined.
+    # so look at where the code of each layer of wrapping was defined, or,
+    # for the C hooks (no code object), at the type of the wrapper.
     import scopetrace
 
     package = scopetrace.__file__.rsplit("__init__", 1)[0]
     for _ in range(5):
+        if type(func).__module__ == "scopetrace._speedups":
+            return True
         code = getattr(func, "__code__", None)
         if code is not None and code.co_filename.startswith(package):
             return True
