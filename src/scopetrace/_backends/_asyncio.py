@@ -422,19 +422,13 @@ class Watcher:
 
         Returns a weak reference to the task when it stays armed until it ends
         (the hooks' fast path then skips it), None when :meth:`exit_top` is to
-        disarm it.
+        disarm it.  A task armed already, or disarmed recently, entered a
+        top-level scope before: a loop of scopes, armed to its end.
         """
-        key = id(task)
-        entry = self.watched.get(key)
-        if entry is not None:
-            ref: weakref.ref[Any] = entry[0]
-            if ref() is task:
-                if not entry[3]:
-                    # Armed, and a top-level scope entered again before the
-                    # first was seen to exit cleanly: armed to the end.
-                    self.watched[key] = (*entry[:3], True)
-                return ref
-        recent = self._recent.pop(key, None)
+        ref = self._to_the_end(task)
+        if ref is not None:
+            return ref
+        recent = self._recent.pop(id(task), None)
         return self._arm(task, to_the_end=recent is not None and recent() is task)
 
     def exit_top(self, task: Any) -> None:
@@ -453,15 +447,19 @@ class Watcher:
     def watch(self, task: Any) -> weakref.ref[Any]:
         """Check ``task`` for open scopes when it ends; returns a weak reference
         to it for the enter hook's fast path (never a strong one)."""
-        entry = self.watched.get(id(task))
-        if entry is not None:
-            ref: weakref.ref[Any] | None = entry[0]
-            if ref is not None and ref() is task:
-                if not entry[3]:
-                    self.watched[id(task)] = (*entry[:3], True)
-                return ref
-        ref = self._arm(task, to_the_end=True)
-        assert ref is not None
+        ref = self._to_the_end(task) or self._arm(task, to_the_end=True)
+        assert ref is not None  # _arm returns it when armed to the end
+        return ref
+
+    def _to_the_end(self, task: Any) -> weakref.ref[Any] | None:
+        """If ``task`` is armed, keep it armed until it ends; its weak reference."""
+        key = id(task)
+        entry = self.watched.get(key)
+        if entry is None or entry[0]() is not task:
+            return None
+        if not entry[3]:
+            self.watched[key] = (*entry[:3], True)
+        ref: weakref.ref[Any] = entry[0]
         return ref
 
     def _arm(self, task: Any, to_the_end: bool) -> weakref.ref[Any] | None:
