@@ -31,3 +31,20 @@ def test_demo_reports_bugs_and_not_fixes() -> None:
     assert out.count("no report (as expected)") == 4  # each fix, on each backend
     assert "entering stack (most recent call last):" in out
     assert qualname("SharedConnectionBuggy.__aenter__") in out
+
+
+def test_a_misnest_in_one_task_is_not_called_two_tasks() -> None:
+    """Regression: the shared-context-manager culprit said "in different tasks
+    ... exited it in the other task" for a misnest whose report names one task
+    as both opener and closer (the demo's timeout-block case)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scopetrace", "demo"], capture_output=True, text=True, timeout=120
+    )
+    blocks = proc.stdout.split("scopetrace: anyio cancel scope violation: ")
+    misnests = [b for b in blocks if b.startswith("not_innermost")]
+    assert misnests
+    for block in misnests:
+        reason = block.split("  fix:", 1)[1].split("  error:", 1)[0]
+        assert "SharedConnectionBuggy" in reason
+        assert "different tasks" not in reason and "other task" not in reason
+        assert "while a scope entered after it was still open" in reason

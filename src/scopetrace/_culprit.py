@@ -207,13 +207,15 @@ def _two_sides(
                 # manager: it carried the scope from one to the other (a
                 # shared, ref-counted connection), not the function.
                 return Culprit(
-                    o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"two runs of {a.function}")
+                    o[k - 1],
+                    _reason_shared(o[k - 1], c[k - 1], f"two runs of {a.function}", same_task),
                 )
             continue  # a context manager's body, or one generator frame resumed elsewhere
         if shared and _with_statement(a) and _with_statement(b):
             # Each side used the context manager in a with block of its own.
             return Culprit(
-                o[k - 1], _reason_shared(o[k - 1], c[k - 1], f"{a.function} and {b.function}")
+                o[k - 1],
+                _reason_shared(o[k - 1], c[k - 1], f"{a.function} and {b.function}", same_task),
             )
         if not _delegation(a, b):
             # A break: the two code paths part.  Inside the library, a
@@ -252,7 +254,14 @@ def _two_sides(
     )
 
 
-def _reason_shared(enter: Frame, exit_: Frame, users: str) -> str:
+def _reason_shared(enter: Frame, exit_: Frame, users: str, same_task: bool) -> str:
+    if same_task:
+        # One task ran both halves (a misnest): saying "in different tasks"
+        # would contradict the report's own "entered by"/"exited by".
+        return (
+            f"{users} used {enter.owner or enter.function} as a context manager; "
+            f"{enter.function} entered the scope and {exit_.function} {_exited(True)}"
+        )
     return (
         f"{users} each used {enter.owner or enter.function} as a context manager, in different "
         f"tasks; {enter.function} entered the scope for both and {exit_.function} exited it "
