@@ -253,3 +253,23 @@ def test_a_library_that_closes_in_a_task_it_started() -> None:
     closer = [f("mcp/shared/session.py", 238, "BaseSession.__aexit__"), STACK_EXIT]
     found = culprit(opener, closer)
     assert found == "mcp/client/session_group.py:330 in ClientSessionGroup._establish_session"
+
+
+def test_a_misnested_library_scope_in_one_task_is_not_called_another_task() -> None:
+    """Regression: two MCP sessions in one task, the first cleaned up first
+    (python-sdk#577) -- the scope in the way's reason said it was "not exited
+    in the task that entered it", although one task entered and exited both."""
+    blocker = [f("mcp/shared/session.py", 223, "BaseSession.__aenter__"),
+               f("app/client.py", 51, "ToolClient.connect"), f("app/main.py", 20, "main")]
+    opener = [f("mcp/shared/session.py", 223, "BaseSession.__aenter__"),
+              f("app/client.py", 51, "ToolClient.connect"), f("app/main.py", 19, "main")]
+    closer = [f("mcp/shared/session.py", 230, "BaseSession.__aexit__"),
+              f("app/client.py", 60, "ToolClient.cleanup"), f("app/main.py", 22, "main")]
+    assert culprit(opener, closer, blocker=blocker, same_task=True) == (
+        "app/client.py:51 in ToolClient.connect"
+    )
+    found = _culprit.find(tuple(opener), tuple(closer), blocker=tuple(blocker), same_task=True,
+                          package_of=package)
+    assert found is not None
+    assert "in the task that entered it" not in found.reason
+    assert found.reason.endswith("did not exit it before the scope outside it was exited")

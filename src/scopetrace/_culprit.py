@@ -169,7 +169,11 @@ def find(  # noqa: PLR0917 - the facts of one report, each optional
     ``package_of`` is injectable for tests.
     """
     if blocker and not (closer and _still_running(blocker, closer)):
-        return _one_side(blocker, package_of, "the scope in the way")
+        # The scope in the way may be open in the very task that exited the
+        # outer one (a misnest): it was not exited in time, not "in another task".
+        return _one_side(
+            blocker, package_of, "the scope in the way", "before the scope outside it was exited"
+        )
     if closer is None:
         return _one_side(opener, package_of, "the scope")
     return _two_sides(opener, closer, fixture, package_of, same_task)
@@ -327,7 +331,14 @@ def _reason_break(  # noqa: PLR0917 - the walk's state at the break
     return f"{o[k].function} entered {what}, and {c[k].function} {_exited(same_task)}"
 
 
-def _one_side(frames: Frames, package_of: Callable[[Frame], str], what: str) -> Culprit | None:
+def _one_side(
+    frames: Frames,
+    package_of: Callable[[Frame], str],
+    what: str,
+    when: str = "in the task that entered it",
+) -> Culprit | None:
+    """The culprit from one stack: ``what`` it entered, left open, or not
+    closed ``when`` it had to be."""
     o, managed = _walked(frames)
     if not o:
         return Culprit(frames[0], "only anyio's own frames were recorded") if frames else None
@@ -341,8 +352,8 @@ def _one_side(frames: Frames, package_of: Callable[[Frame], str], what: str) -> 
             return Culprit(
                 o[k + 1],
                 f"{o[k + 1].function} drives the async generator {gen.function}, which holds "
-                f"{what} open across a yield, and did not close it in the task that entered "
-                "it (contextlib.aclosing)",
+                f"{what} open across a yield, and did not close it {when} "
+                "(contextlib.aclosing)",
             )
         return Culprit(gen, f"{gen.function} holds {what} open across a yield")
     lib = package_of(o[0])
@@ -355,7 +366,7 @@ def _one_side(frames: Frames, package_of: Callable[[Frame], str], what: str) -> 
             return Culprit(
                 frame,
                 f"{frame.function} entered {inner.function}, which holds {what} open, and did "
-                "not exit it in the task that entered it",
+                f"not exit it {when}",
             )
         if inner.name in ("__aenter__", "__enter__") and _with_statement(frame):
             # The caller used the context manager in a with block, which has
@@ -369,7 +380,7 @@ def _one_side(frames: Frames, package_of: Callable[[Frame], str], what: str) -> 
             return Culprit(
                 frame,
                 f"{frame.function} entered {_name(lib)}'s {inner.function}, which holds {what}, "
-                "and did not exit it in the task that entered it",
+                f"and did not exit it {when}",
             )
     first = o[0]
     return Culprit(first, f"{first.function} entered {what} and did not exit it in the same task")
