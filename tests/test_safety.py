@@ -174,18 +174,34 @@ def test_storm_exports_a_bounded_number_of_spans(telemetry: Telemetry) -> None:
 
 
 def test_next_span_carries_the_suppressed_count(telemetry: Telemetry) -> None:
+    """Regression: with the key counted as quiet as soon as its next report
+    could be let through, the delivery thread could take the 99 as a
+    held-back line before the next report came (CPython 3.15 in CI), so the
+    next span carried no count.  Its clock is the limiter's, so 1.5 s on it
+    is past one refill interval and short of quiet (two) on both threads."""
     scopetrace.install(exporter="none", rate_limit=1)
     runtime = current_runtime()
     assert runtime is not None
     now = [1000.0]
     runtime.reporter.limiter._clock = lambda: now[0]
     anyio.run(_storm, 100)
-    now[0] += 5.0
+    now[0] += 1.5
     anyio.run(_storm, 1)
     spans = telemetry.finished(semconv.VIOLATION_SPAN)
     assert len(spans) == 2
     assert semconv.SUPPRESSED not in spans[0].attributes
     assert spans[1].attributes[semconv.SUPPRESSED] == 99
+
+
+def test_a_key_is_quiet_only_after_two_refill_intervals() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=1, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(3)] == [0, None, None]
+    now[0] = 1.5  # the next one would be let through: not quiet yet
+    assert limiter.quiet() == []
+    now[0] = 2.0
+    assert limiter.quiet() == [("a", 2)]
+    assert limiter.quiet(0.0) == []  # taken once
 
 
 def test_rate_limiter_keys_are_bounded() -> None:

@@ -66,10 +66,14 @@ class RateLimiter:
 
     def quiet(self, after: float | None = None) -> list[tuple[Hashable, int]]:
         """Keys still holding some back and not seen for ``after`` seconds
-        (default: long enough for the next one to be let through), with their
-        counts, which are then reset; ``after=0`` takes every held-back count."""
+        (default: two refill intervals), with their counts, which are then
+        reset; ``after=0`` takes every held-back count."""
         if after is None:
-            after = 1.0 / self.rate if self.rate > 0 else 0.0
+            # One interval is when the next report would be let through; were
+            # that also when a key counts as quiet, a report arriving just as
+            # its token came back would race the delivery thread for the count.
+            # The second interval lets it carry the count on its own span.
+            after = 2.0 / self.rate if self.rate > 0 else 0.0
         now = self._clock()
         taken: list[tuple[Hashable, int]] = []
         with self._lock:
