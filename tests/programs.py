@@ -34,6 +34,8 @@ SHARED_CONNECTION = textwrap.dedent(
         conn = Connection()
         async def call(i):
             async with conn:
+                # asyncio (and uvloop) run expired timers in deadline order, so the
+                # stagger fixes the order under any load (trio's would not: see scenarios)
                 await asyncio.sleep(0.01 * (i + 1))
         return await asyncio.gather(*(call(i) for i in range(4)), return_exceptions=True)
     """

@@ -2,7 +2,9 @@
 
 Every scenario is ``async def f(caught: list[BaseException]) -> None``: the
 "application" catches what anyio raises and appends it, as a web framework
-would turn it into a 500.  Ordering is fixed with events and staggered sleeps.
+would turn it into a 500.  Ordering is fixed with events, never with sleeps:
+trio runs the tasks woken together in a random order, so staggered sleeps
+reorder under load.
 """
 
 from __future__ import annotations
@@ -76,6 +78,31 @@ class RefCounted:
             self.scope.__exit__(*exc_info)
 
 
+class InTurn:
+    """``n`` calls inside one shared resource leave it in index order once all
+    of them are inside: call 0 (which opened it) leaves first, call n-1 leaves
+    last and closes it.  Each call awaits :meth:`turn` inside the resource
+    and calls :meth:`left` once out of it (in a ``finally``: the last exit
+    raises)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.inside = 0
+        self.all_inside = anyio.Event()
+        self.gone = [anyio.Event() for _ in range(n)]
+
+    async def turn(self, idx: int) -> None:
+        self.inside += 1
+        if self.inside == self.n:
+            self.all_inside.set()
+        await self.all_inside.wait()
+        if idx:
+            await self.gone[idx - 1].wait()
+
+    def left(self, idx: int) -> None:
+        self.gone[idx].set()
+
+
 def leaking(kept: list[Any]) -> Callable[[], Awaitable[None]]:
     """An anyio main: one plain task ends with a scope open (kept alive in
     ``kept``), and the main task waits one step for asyncio's done-callbacks."""
@@ -95,11 +122,15 @@ def leaking(kept: list[Any]) -> Callable[[], Awaitable[None]]:
 async def sibling_gather(caught: list[BaseException]) -> None:
     """4 gathered tool calls: call 0 opens and finishes first, call 3 closes."""
     conn = RefCounted()
+    turns = InTurn(4)
 
     def call(idx: int) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            async with conn:
-                await anyio.sleep(0.01 * (idx + 1))
+            try:
+                async with conn:
+                    await turns.turn(idx)
+            finally:
+                turns.left(idx)
 
         return lambda: catching(caught, run)
 

@@ -128,6 +128,8 @@ CHILD = textwrap.dedent(
 
             async def call(i):
                 async with connection:
+                    # asyncio (and uvloop) run expired timers in deadline order, so the
+                    # stagger fixes the order under any load (trio's would not: see scenarios)
                     await asyncio.sleep(0.005 * (i + 1))
 
             tasks = [asyncio.create_task(call(i), name=f"tool-call-{i}") for i in range(4)]

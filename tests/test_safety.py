@@ -294,14 +294,17 @@ def test_loops_in_threads_attribute_each_violation(backend: Any) -> None:
         await anyio.to_thread.run_sync(barrier.wait)  # all four loops run at once
         mine = tasks_by_thread.setdefault(threading.current_thread().name, set())
         conn = scenarios.RefCounted()
+        turns = scenarios.InTurn(4)
 
         async def call(idx: int) -> None:
             mine.add(anyio.get_current_task().id)
             try:
                 async with conn:
-                    await anyio.sleep(0.01 * (idx + 1))
+                    await turns.turn(idx)
             except RuntimeError as exc:
                 caught.append(exc)
+            finally:
+                turns.left(idx)
 
         await scenarios.plain_tasks(*(lambda i=i: call(i) for i in range(4)))
 

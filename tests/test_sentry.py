@@ -138,6 +138,8 @@ def build_app(pool: Any) -> Starlette:
 
         async def call(i: int) -> str:
             async with connection:
+                # asyncio (and uvloop) run expired timers in deadline order, so the
+                # stagger fixes the order under any load (trio's would not: see scenarios)
                 await asyncio.sleep(0.005 * (i + 1))
             return f"tool-{i}"
 
@@ -149,6 +151,8 @@ def build_app(pool: Any) -> Starlette:
 
         async def call(i: int) -> None:
             async with connection:
+                # asyncio (and uvloop) run expired timers in deadline order, so the
+                # stagger fixes the order under any load (trio's would not: see scenarios)
                 await anyio.sleep(0.005 * (i + 1))
 
         async with anyio.create_task_group() as tg:
@@ -634,6 +638,8 @@ NO_SENTRY = textwrap.dedent(
 
         async def call(i):
             async with conn:
+                # asyncio (and uvloop) run expired timers in deadline order, so the
+                # stagger fixes the order under any load (trio's would not: see scenarios)
                 await asyncio.sleep(0.005 * (i + 1))
 
         return await asyncio.gather(*(call(i) for i in range(4)), return_exceptions=True)
