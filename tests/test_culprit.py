@@ -273,3 +273,18 @@ def test_a_misnested_library_scope_in_one_task_is_not_called_another_task() -> N
     assert found is not None
     assert "in the task that entered it" not in found.reason
     assert found.reason.endswith("did not exit it before the scope outside it was exited")
+
+
+def test_a_misnest_in_the_application_alone_is_not_called_another_task() -> None:
+    """Regression: when the scope in the way was entered by the application's
+    own code (no library frame to blame), the fallback reason still said it
+    was "not exited in the same task", in a report naming one task."""
+    blocker = [f("app/helpers.py", 12, "open_scope"), f("app/main.py", 30, "main")]
+    opener = [f("app/main.py", 29, "main")]
+    closer = [f("app/main.py", 31, "main")]
+    found = _culprit.find(tuple(opener), tuple(closer), blocker=tuple(blocker), same_task=True,
+                          package_of=package)
+    assert found is not None
+    assert culprit(opener, closer, blocker=blocker, same_task=True) == "app/helpers.py:12 in open_scope"
+    assert "same task" not in found.reason
+    assert found.reason.endswith("did not exit it before the scope outside it was exited")

@@ -383,4 +383,4 @@ def _one_side(
                 f"and did not exit it {when}",
             )
     first = o[0]
-    return Culprit(first, f"{first.function} entered {what} and did not exit it in the same task")
+    return Culprit(first, f"{first.function} entered {what} and did not exit it {when}")
